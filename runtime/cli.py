@@ -1,0 +1,134 @@
+"""The ``accelgen`` command: a Hydra app that builds one experiment from ``conf/`` and runs it.
+
+``accelgen scheduler=sarathi workload=azure_conv`` runs one experiment and prints its summary;
+``accelgen -m scheduler=vllm,orca,sarathi`` runs a sweep and prints a comparison table at its end
+(``runtime.report.ComparisonCallback``). This is the one module that imports from every package: everything
+else is connected through ``_target_``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+from runtime.core.clock import VirtualClock
+from runtime.core.engine import Engine
+from runtime.core.errors import AccelgenError, ConfigError
+from runtime.core.kv_cache import BlockManager
+from runtime.core.metrics import requests_frame, summarise
+from runtime.core.run_log import write_run_outputs
+from runtime.core.slo import resolve_slo_classes
+from runtime.sim.capacity import num_kv_blocks
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS_SHOWN = (
+    "scheduler", "workload", "num_requests", "num_finished", "num_rejected", "slo_attainment",
+    "slo_attainment_by_class", "goodput_rps", "throughput_rps", "throughput_tps", "ttft_p50_s", "ttft_p99_s",
+    "tbt_p50_s", "tbt_p99_s", "jct_mean_s", "num_preemptions", "num_iterations", "wall_s",
+)
+
+
+def _fill_paths(cfg: DictConfig) -> None:
+    with open_dict(cfg):
+        if cfg.paths.get("shared_data") in (None, ""):
+            cfg.paths.shared_data = str((REPO_ROOT.parent / "shared" / "data").resolve())
+
+
+def build(cfg: DictConfig) -> dict:
+    """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
+    _fill_paths(cfg)
+    model = instantiate(cfg.model)
+    hardware = instantiate(cfg.hardware)
+    cost_model = instantiate(cfg.cost_model)
+    slo_classes, slo_refs = resolve_slo_classes(
+        cost_model, OmegaConf.to_container(cfg.slo.classes, resolve=True), scale=cfg.slo.scale,
+        reference=OmegaConf.to_container(cfg.slo.reference, resolve=True),
+    )
+    kv = cfg.kv
+    num_blocks = kv.num_blocks
+    if num_blocks is None:
+        num_blocks = num_kv_blocks(model=model, hardware=hardware, block_size=kv.block_size,
+                                   gpu_memory_utilization=kv.gpu_memory_utilization)
+    num_blocks = int(num_blocks * kv.num_blocks_scale)
+    if num_blocks < 1:
+        raise ConfigError(f"kv.num_blocks resolves to {num_blocks} blocks (kv.num_blocks_scale={kv.num_blocks_scale})")
+    block_manager = BlockManager(num_blocks=num_blocks, block_size=kv.block_size, watermark=kv.watermark)
+    workload = instantiate(cfg.workload, slo_classes=slo_classes, max_model_len=model.max_model_len, seed=cfg.seed)
+    scheduler = instantiate(
+        cfg.scheduler, block_manager=block_manager, cost_model=cost_model, slo_classes=slo_classes,
+        max_model_len=model.max_model_len,
+    )
+    executor = instantiate(cfg.backend, cost_model=cost_model)
+    return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
+                block_manager=block_manager, workload=workload, scheduler=scheduler, executor=executor)
+
+
+def run(cfg: DictConfig, output_dir: Path | None) -> dict:
+    """Run one experiment, write its outputs to ``output_dir`` (if given) and return its summary."""
+    t0 = time.perf_counter()
+    parts = build(cfg)
+    scheduler, workload = parts["scheduler"], parts["workload"]
+    scheduler_name = cfg.scheduler.get("name") or type(scheduler).__name__
+    bar = tqdm(total=len(workload), unit="req", desc=scheduler_name, mininterval=0.5, leave=False,
+               disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        result = Engine(scheduler=scheduler, executor=parts["executor"], workload=workload, clock=VirtualClock(),
+                        progress=bar).run()
+    finally:
+        bar.close()
+    metrics_cfg = cfg.metrics
+    frame = requests_frame(result.requests, tbt_mode=metrics_cfg.tbt_mode, tbt_percentile=metrics_cfg.tbt_percentile,
+                           bound_prefill_iterations=cfg.slo.bound_prefill_iterations)
+    summary = {
+        "scheduler": scheduler_name,
+        "workload": cfg.workload.get("name", "workload"),
+        "seed": cfg.seed,
+        "model": parts["model"].name,
+        "hardware": parts["hardware"].name,
+        "token_budget": scheduler.token_budget,
+        "kv_num_blocks": parts["block_manager"].num_blocks,
+        "slo_classes_s": {n: {"ttft_slo_s": c.ttft_slo_s, "tbt_slo_s": c.tbt_slo_s} for n, c in parts["slo_classes"].items()},
+        "slo_reference_s": parts["slo_refs"],
+        **summarise(frame, result.requests, warmup_s=metrics_cfg.warmup_s),
+        "num_iterations": len(result.iterations),
+        "wall_s": time.perf_counter() - t0,
+    }
+    if output_dir is not None:
+        write_run_outputs(output_dir, requests=frame, iterations=result.iterations.to_frame(), summary=summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for key in SUMMARY_KEYS_SHOWN:
+        value = summary.get(key)
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v:.3f}" for k, v in value.items())
+        lines.append(f"  {key:<24} {value}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, output_dir)
+    except AccelgenError as error:
+        print(f"accelgen: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{summary['scheduler']} on {summary['workload']} -> {output_dir}")
+    print(format_summary(summary))
+    # The metric a sweeper optimises.
+    return float(summary["goodput_rps"])
+
+
+if __name__ == "__main__":
+    main()

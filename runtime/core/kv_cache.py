@@ -1,0 +1,125 @@
+"""Paged KV-cache accounting (vLLM's PagedAttention block manager), shared by the simulator and the live runtime.
+
+The cache has ``num_blocks`` blocks of ``block_size`` tokens. A request holding ``n`` tokens of KV needs
+``ceil(n / block_size)`` blocks. The manager hands out block ids from a free list and keeps each request's block
+table, so the live runtime can turn tables into slot mappings. It only *reports* what fits; which request to
+preempt when nothing fits is the scheduler's decision.
+
+Invariant (checked by property tests): ``num_free_blocks + num_used_blocks == num_blocks``.
+
+Admission of new prompts keeps ``watermark_blocks = ceil(watermark * num_blocks)`` blocks free, so running
+requests can grow a little before anyone has to be preempted (vLLM v0's watermark).
+"""
+from __future__ import annotations
+
+import math
+
+from runtime.core.errors import ConfigError
+
+
+class BlockManager:
+    """Block tables and a free list. Plain Python; every operation is O(blocks touched)."""
+
+    __slots__ = ("num_blocks", "block_size", "watermark", "watermark_blocks", "_free", "_tables")
+
+    def __init__(self, *, num_blocks: int, block_size: int = 16, watermark: float = 0.01) -> None:
+        if not isinstance(num_blocks, int) or num_blocks < 1:
+            raise ConfigError(f"kv.num_blocks must be a positive integer, got {num_blocks!r}")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ConfigError(f"kv.block_size must be a positive integer, got {block_size!r}")
+        if not 0.0 <= watermark < 1.0:
+            raise ConfigError(f"kv.watermark must be in [0, 1), got {watermark!r}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.watermark = watermark
+        self.watermark_blocks = math.ceil(watermark * num_blocks)
+        # Pop from the end: the lowest ids are handed out first, which keeps runs reproducible and tables readable.
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._tables: dict[str, list[int]] = {}
+
+    # Queries ----------------------------------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def usage(self) -> float:
+        return self.num_used_blocks / self.num_blocks
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks that ``num_tokens`` tokens of KV occupy."""
+        return -(-num_tokens // self.block_size)
+
+    def num_blocks_of(self, req_id: str) -> int:
+        table = self._tables.get(req_id)
+        return len(table) if table is not None else 0
+
+    def block_table(self, req_id: str) -> list[int]:
+        return self._tables.get(req_id, [])
+
+    def has(self, req_id: str) -> bool:
+        return req_id in self._tables
+
+    def num_new_blocks(self, req_id: str, num_total_tokens: int) -> int:
+        """Blocks ``req_id`` still lacks to hold ``num_total_tokens`` tokens."""
+        return max(0, self.blocks_for(num_total_tokens) - self.num_blocks_of(req_id))
+
+    def can_fit_ever(self, num_total_tokens: int) -> bool:
+        """Whether a request of this many tokens could be admitted into an otherwise empty cache."""
+        return self.blocks_for(num_total_tokens) <= self.num_blocks - self.watermark_blocks
+
+    def can_allocate(self, num_new_blocks: int, *, use_watermark: bool = True) -> bool:
+        reserve = self.watermark_blocks if use_watermark else 0
+        return len(self._free) - num_new_blocks >= reserve
+
+    # Mutations --------------------------------------------------------------------------------------------------
+    def allocate_slots(self, req_id: str, num_total_tokens: int, *, use_watermark: bool = False) -> bool:
+        """Grow ``req_id``'s table to hold ``num_total_tokens`` tokens.
+
+        Returns False and allocates nothing when the blocks are not there (the caller decides what to preempt).
+        New prompts pass ``use_watermark=True``; running requests growing by a token do not.
+        """
+        table = self._tables.get(req_id)
+        held = len(table) if table is not None else 0
+        need = -(-num_total_tokens // self.block_size) - held
+        if need <= 0:
+            if table is None:
+                self._tables[req_id] = []
+            return True
+        free = self._free
+        if len(free) - need < (self.watermark_blocks if use_watermark else 0):
+            return False
+        if table is None:
+            table = self._tables[req_id] = []
+        for _ in range(need):
+            table.append(free.pop())
+        return True
+
+    def append_slot(self, req_id: str, num_total_tokens: int) -> bool:
+        """Fast path of ``allocate_slots`` for a decode: at most one new block, no watermark."""
+        table = self._tables[req_id]
+        if len(table) * self.block_size >= num_total_tokens:
+            return True
+        if not self._free:
+            return False
+        table.append(self._free.pop())
+        return True
+
+    def free(self, req_id: str) -> int:
+        """Release every block of ``req_id`` (no-op if it holds none); returns how many were freed."""
+        table = self._tables.pop(req_id, None)
+        if not table:
+            return 0
+        # Reversed so the lowest ids come back out first, as at start-up.
+        self._free.extend(reversed(table))
+        return len(table)
+
+    def check_invariants(self) -> None:
+        held = [b for table in self._tables.values() for b in table]
+        assert len(held) == len(set(held)), "a block is in two tables"
+        assert not set(held) & set(self._free), "a block is both free and held"
+        assert len(held) + len(self._free) == self.num_blocks, "blocks leaked or duplicated"

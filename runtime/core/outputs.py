@@ -1,0 +1,55 @@
+"""What a scheduler hands an executor each step, and what comes back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's batch.
+
+    ``num_scheduled_tokens`` maps req_id to the tokens computed this step: a prompt chunk, a whole prompt, a
+    recompute chunk, or 1 for a decode. The batch's *composition* is also given in the form every latency
+    model takes (algorithms.md section 3), so an executor needs no access to request objects:
+    ``prefill_chunks`` holds ``(num_new_tokens, num_computed_tokens_before)`` per prefill-phase request and
+    ``decode_context_lens`` the context length (KV tokens read, including the token being decoded) per decode.
+    """
+
+    num_scheduled_tokens: dict[str, int]
+    prefill_chunks: list[tuple[int, int]] = field(default_factory=list)
+    decode_context_lens: list[int] = field(default_factory=list)
+    # Requests that emit a token at the end of this step (their computed count reaches num_tokens).
+    sampling_req_ids: list[str] = field(default_factory=list)
+    # Requests that are prefill-phase members of this step (for slo.bound_prefill_iterations).
+    prefill_req_ids: list[str] = field(default_factory=list)
+    preempted_req_ids: list[str] = field(default_factory=list)
+    # Freed since the last step without finishing normally: rejected or aborted.
+    finished_req_ids: list[str] = field(default_factory=list)
+    # Blocks in use after this step's allocations (for the iteration log).
+    num_used_blocks: int = 0
+
+    @property
+    def total_num_scheduled_tokens(self) -> int:
+        return sum(self.num_scheduled_tokens.values())
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(c for c, _ in self.prefill_chunks)
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return len(self.decode_context_lens)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.num_scheduled_tokens
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What executing a step produced."""
+
+    # Only for requests whose computed count reached num_tokens this step; the simulator samples placeholders.
+    sampled_token_ids: dict[str, int]
+    # Seconds: predicted by the cost model (simulator) or measured on the device (live runtime).
+    step_time: float

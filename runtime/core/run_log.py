@@ -1,0 +1,95 @@
+"""Run logs: the per-iteration record every run keeps, and the writers of a run's output files.
+
+``IterationLog`` collects one row per step in plain lists (cheap enough for the simulator's hot loop) and becomes
+``iterations.parquet``. ``write_run_outputs`` writes ``requests.parquet``, ``iterations.parquet`` and
+``summary.json`` atomically (temporary file, then rename), so an interrupted run never leaves half a file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from runtime.core.outputs import SchedulerOutput
+
+
+class IterationLog:
+    """Columnar per-step log (the ``iterations.parquet`` schema)."""
+
+    __slots__ = ("start", "duration", "prefill_tokens", "decode_tokens", "batch_size", "kv_blocks_used", "preempted")
+
+    def __init__(self) -> None:
+        self.start: list[float] = []
+        self.duration: list[float] = []
+        self.prefill_tokens: list[int] = []
+        self.decode_tokens: list[int] = []
+        self.batch_size: list[int] = []
+        self.kv_blocks_used: list[int] = []
+        self.preempted: list[int] = []
+
+    def log_step(self, start: float, output: SchedulerOutput, step_time: float) -> None:
+        self.start.append(start)
+        self.duration.append(step_time)
+        decode = len(output.decode_context_lens)
+        self.prefill_tokens.append(sum([c for c, _ in output.prefill_chunks]) if output.prefill_chunks else 0)
+        self.decode_tokens.append(decode)
+        self.batch_size.append(len(output.num_scheduled_tokens))
+        self.kv_blocks_used.append(output.num_used_blocks)
+        self.preempted.append(len(output.preempted_req_ids))
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "iteration": range(len(self.start)),
+                "start_time": pd.array(self.start, dtype="float64"),
+                "duration_s": pd.array(self.duration, dtype="float64"),
+                "prefill_tokens": pd.array(self.prefill_tokens, dtype="int64"),
+                "decode_tokens": pd.array(self.decode_tokens, dtype="int64"),
+                "batch_size": pd.array(self.batch_size, dtype="int64"),
+                "kv_blocks_used": pd.array(self.kv_blocks_used, dtype="int64"),
+                "num_preempted": pd.array(self.preempted, dtype="int64"),
+            }
+        )
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    _atomic_write(Path(path), lambda p: p.write_text(text))
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    _atomic_write(Path(path), lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
+
+
+def write_run_outputs(output_dir: Path, *, requests: pd.DataFrame, iterations: pd.DataFrame, summary: dict) -> None:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_parquet(output_dir / "requests.parquet", requests)
+    write_parquet(output_dir / "iterations.parquet", iterations)
+    write_json(output_dir / "summary.json", summary)

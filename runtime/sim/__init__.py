@@ -1,0 +1,1 @@
+"""Simulation backend: workloads, iteration-latency cost models, KV capacity. Never imports torch."""
