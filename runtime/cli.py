@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
@@ -27,6 +28,8 @@ from runtime.core.slo import resolve_slo_classes
 from runtime.sim.capacity import num_kv_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# An absolute path: Hydra would otherwise look for a `conf` package when the project is installed in editable mode.
+CONF_DIR = str(REPO_ROOT / "conf")
 SUMMARY_KEYS_SHOWN = (
     "scheduler", "workload", "num_requests", "num_finished", "num_rejected", "slo_attainment",
     "slo_attainment_by_class", "goodput_rps", "throughput_rps", "throughput_tps", "ttft_p50_s", "ttft_p99_s",
@@ -40,14 +43,27 @@ def _fill_paths(cfg: DictConfig) -> None:
             cfg.paths.shared_data = str((REPO_ROOT.parent / "shared" / "data").resolve())
 
 
+def _instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` that lets our own named errors through instead of Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, AccelgenError):
+            raise cause from None
+        raise
+
+
 def build(cfg: DictConfig) -> dict:
     """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
     _fill_paths(cfg)
-    model = instantiate(cfg.model)
-    hardware = instantiate(cfg.hardware)
-    cost_model = instantiate(cfg.cost_model)
+    model = _instantiate(cfg.model)
+    hardware = _instantiate(cfg.hardware)
+    cost_model = _instantiate(cfg.cost_model)
+    # Schedulers plan with the noise-free predictor; only simulated time (the executor) sees latency.noise_cv.
+    planner_model = cost_model.deterministic() if hasattr(cost_model, "deterministic") else cost_model
     slo_classes, slo_refs = resolve_slo_classes(
-        cost_model, OmegaConf.to_container(cfg.slo.classes, resolve=True), scale=cfg.slo.scale,
+        planner_model, OmegaConf.to_container(cfg.slo.classes, resolve=True), scale=cfg.slo.scale,
         reference=OmegaConf.to_container(cfg.slo.reference, resolve=True),
     )
     kv = cfg.kv
@@ -59,12 +75,12 @@ def build(cfg: DictConfig) -> dict:
     if num_blocks < 1:
         raise ConfigError(f"kv.num_blocks resolves to {num_blocks} blocks (kv.num_blocks_scale={kv.num_blocks_scale})")
     block_manager = BlockManager(num_blocks=num_blocks, block_size=kv.block_size, watermark=kv.watermark)
-    workload = instantiate(cfg.workload, slo_classes=slo_classes, max_model_len=model.max_model_len, seed=cfg.seed)
-    scheduler = instantiate(
-        cfg.scheduler, block_manager=block_manager, cost_model=cost_model, slo_classes=slo_classes,
+    workload = _instantiate(cfg.workload, slo_classes=slo_classes, max_model_len=model.max_model_len, seed=cfg.seed)
+    scheduler = _instantiate(
+        cfg.scheduler, block_manager=block_manager, cost_model=planner_model, slo_classes=slo_classes,
         max_model_len=model.max_model_len,
     )
-    executor = instantiate(cfg.backend, cost_model=cost_model)
+    executor = _instantiate(cfg.backend, cost_model=cost_model)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
                 block_manager=block_manager, workload=workload, scheduler=scheduler, executor=executor)
 
@@ -116,7 +132,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

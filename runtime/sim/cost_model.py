@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime.core.errors import ConfigError
+from runtime.sim.specs import HardwareSpec, ModelSpec
 
 _NOISE_BATCH = 4096  # draws per refill: one numpy call per 4096 iterations instead of one per iteration
 
@@ -143,3 +144,51 @@ class LinearCostModel:
             f"beta2={self.beta2:.4g}, beta3={self.beta3:.4g}, beta4={self.beta4:.4g}, "
             f"engine_overhead_s={self.engine_overhead_s:.4g}, n_knee={self.n_knee:g}, noise_cv={self.noise_cv:g})"
         )
+
+
+def roofline_cost_model(
+    *,
+    model: ModelSpec,
+    hardware: HardwareSpec,
+    compute_efficiency: float = 1.0,
+    memory_efficiency: float = 1.0,
+    engine_overhead_s: float = 0.0,
+    per_seq_overhead_s: float = 0.0,
+    noise_cv: float = 0.0,
+    seed: int = 0,
+) -> LinearCostModel:
+    """Analytical ``latency.kind: roofline`` model from model and hardware numbers only (no profile).
+
+    Per GPU, with ``F = peak FLOP/s · compute_efficiency``, ``BW = HBM B/s · memory_efficiency``,
+    ``P_l`` the parameters of one layer and ``s`` = dtype bytes::
+
+        linear layers   max(L·P_l·s/TP / BW, 2·L·P_l/TP · N / F)      = β1·max(N, n_knee)
+        LM head         vocab·d·s/TP / BW                             = β0 (weights read once per step)
+        prefill attn    4·L·(H/TP)·d_h · Σ c(q + c/2) / F            (QKᵀ and PV: 2 FLOPs each per pair)
+        decode attn     2·L·(H_kv/TP)·d_h·s · Σ ctx / BW             (K and V of every cached token)
+
+    so it is a ``LinearCostModel`` with ``β1 = 2·L·P_l/(TP·F)`` and ``n_knee = L·P_l·s/(TP·BW) / β1``, the knee
+    ``N* ≈ F·s/(2·BW)`` of algorithms.md section 3. TP all-reduces are left out (no interconnect numbers in
+    ``HardwareSpec``); the efficiencies are the "fitted correction factors" of section 3.
+    """
+    for key, value in (("compute_efficiency", compute_efficiency), ("memory_efficiency", memory_efficiency)):
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"cost_model.{key} must be in (0, 1], got {value!r}")
+    tp, s, layers = hardware.tensor_parallel_size, model.dtype_bytes, model.num_layers
+    flops = hardware.peak_tflops * 1e12 * compute_efficiency
+    bw = hardware.hbm_bandwidth_gbps * 1e9 * memory_efficiency
+    beta1 = 2 * layers * model.layer_params / tp / flops
+    weights_time = layers * model.layer_params * s / tp / bw
+    return LinearCostModel(
+        beta0=model.vocab_size * model.hidden_size * s / tp / bw,
+        beta1=beta1,
+        beta2=4 * layers * model.num_heads / tp * model.head_dim / flops,
+        beta3=2 * layers * max(model.num_kv_heads / tp, 1) * model.head_dim * s / bw,
+        beta4=per_seq_overhead_s,
+        engine_overhead_s=engine_overhead_s,
+        n_knee=weights_time / beta1,
+        noise_cv=noise_cv,
+        seed=seed,
+        name=f"roofline_{model.name}_{hardware.name}",
+        source="analytical roofline from conf/model and conf/hardware (runtime.sim.cost_model.roofline_cost_model)",
+    )

@@ -16,7 +16,7 @@ Per (model, hardware) pair, times per iteration in seconds (profiles are ms per 
        decode  (KV reads, memory-bound):         t = t0 + (t_ref − t0) · (H_kv/TP · d_h)/(4·128) · BW_A100/BW_gpu
 
    with F, BW the datasheet peak BF16 FLOP/s and HBM bandwidth of ``conf/hardware``. Cross-check: the reference
-   decode (128 seqs × 4032 tokens, 4 KV heads) reads KV at ~1.58 TB/s (77% of A100 HBM); LLMServingSim's RTX PRO
+   decode (128 seqs × 4032 tokens, 4 KV heads) reads KV at ~1.58 TB/s (78% of A100 HBM); LLMServingSim's RTX PRO
    6000 Llama-3.1-8B decode (256 × 16384, 8 KV heads) reads at ~1.53 TB/s (85% of 1.79 TB/s): decode time
    tracks KV bytes, so scaling by KV heads and bandwidth is consistent. The report prints both figures.
    Decode rows are keyed by (batch size ≤ 128, cached tokens): a batch is looked up at its mean context; above 128
@@ -200,7 +200,7 @@ def fit_pair(data: Path, model_opt: str, hw_opt: str, vidur_model: str, ref: Att
         if best is None or err < best[0] - 1e-12:
             best = (err, knee, coef)
     mape_lin, knee, (a_lin, beta1) = best
-    mape_ar = 0.0
+    mape_ar = None  # no all-reduce at TP 1
     if tp > 1:
         ar_coef = _nnls_rel([np.ones_like(n), n], layers * ar)
         mape_ar = _mape(ar_coef[0] + ar_coef[1] * n, layers * ar)
@@ -234,7 +234,7 @@ def fit_pair(data: Path, model_opt: str, hw_opt: str, vidur_model: str, ref: Att
                  "decode_attention": _mape(a_dec + beta3 * x_dec, y_dec), "all_reduce": mape_ar,
                  "iteration": float(ape.mean()), "iteration_p95": float(np.percentile(ape, 95)),
                  **{f"iteration_{k}": float(ape[kinds == k].mean()) for k in ("decode", "prefill", "mixed")}}
-    fit_error = {k: round(v, 3) for k, v in fit_error.items()}
+    fit_error = {k: (None if v is None else round(v, 3)) for k, v in fit_error.items()}
     source = (f"Vidur {hw.gpu}/{vidur_model} mlp.csv TP{tp} (mean; add x2; emb excluded)"
               + (f" + 2 all-reduces/layer a100_dgx all_reduce.csv ({tp},{tp})" if tp > 1 else "")
               + f"; attention from {ATTN_REF} (Llama-2-70B TP2, 32 q / 4 kv heads per GPU) scaled above its "
@@ -258,16 +258,29 @@ def report(fits: dict[str, dict]) -> str:
     """Markdown table of coefficients and MAPEs (%) per pair."""
     head = ("| pair | β0 ms | β1 µs/tok | n_knee | β2 ns/tok² | β3 ns/tok | β4 ms/seq | overhead ms | linear | "
             "all-reduce | prefill attn | decode attn | iter | iter decode | iter prefill | iter mixed | iter p95 |")
-    rows = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, f in fits.items():
         e = f["fit_error"]
         rows.append(
             f"| {name} | {f['beta0'] * 1e3:.3f} | {f['beta1'] * 1e6:.3f} | {f['n_knee']:.0f} | {f['beta2'] * 1e9:.4f} | "
             f"{f['beta3'] * 1e9:.4f} | {f['beta4'] * 1e3:.4f} | {f['engine_overhead_s'] * 1e3:.2f} | "
-            f"{e['linear_layers']:.1f} | {e['all_reduce']:.1f} | {e['prefill_attention']:.1f} | "
+            f"{e['linear_layers']:.1f} | {'n/a' if e['all_reduce'] is None else format(e['all_reduce'], '.1f')} | {e['prefill_attention']:.1f} | "
             f"{e['decode_attention']:.1f} | {e['iteration']:.1f} | {e['iteration_decode']:.1f} | "
             f"{e['iteration_prefill']:.1f} | {e['iteration_mixed']:.1f} | {e['iteration_p95']:.1f} |")
     return "\n".join(rows) + "\n"
+
+
+def cross_check(data: Path) -> str:
+    """Achieved decode KV bandwidth in the Vidur reference and in LLMServingSim's RTX PRO 6000 profile."""
+    ref = Attention.load(data)
+    vidur = 128 * 4032 * 2 * 4 * 128 * 2 / (ref.dec_t[-1, -1])  # bytes of K and V read / seconds
+    df = pd.read_csv(data / "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16/tp1/attention.csv")
+    row = df[(df.prefill_chunk == 0) & (df.n_decode == 256)].sort_values("kv_decode").iloc[-1]
+    lss = 256 * row.kv_decode * 2 * 8 * 128 * 2 / (row.time_us * 1e-6)
+    return (f"Decode-attention cross-check: Vidur A100 reference (128 seqs x 4032 tokens, 4 KV heads/GPU) reads KV at "
+            f"{vidur / 1e12:.2f} TB/s ({vidur / (A100[1] * 1e9):.0%} of 2.04 TB/s); LLMServingSim RTX PRO 6000 "
+            f"Llama-3.1-8B (256 x {row.kv_decode:.0f}, 8 KV heads) at {lss / 1e12:.2f} TB/s "
+            f"({lss / 1.792e12:.0%} of 1.79 TB/s).\n")
 
 
 def write_yamls(fits: dict[str, dict], out_dir: Path) -> None:
@@ -285,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fits = fit_all(args.data_dir)
     write_yamls(fits, args.out)
-    text = "MAPE in %, against the interpolated operator profiles (see runtime/sim/fit.py)\n\n" + report(fits)
+    text = ("MAPE in %, against the interpolated operator profiles (see runtime/sim/fit.py)\n\n" + report(fits)
+            + "\n" + cross_check(args.data_dir))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)
     print(text)

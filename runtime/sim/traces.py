@@ -23,6 +23,8 @@ from runtime.core.errors import WorkloadError
 AZURE_COLUMNS = {"ContextTokens": "num_prompt_tokens", "GeneratedTokens": "num_output_tokens"}
 LENGTH_COLUMNS = {"num_prefill_tokens": "num_prompt_tokens", "num_decode_tokens": "num_output_tokens"}
 TIMESTAMP_COLUMN = "TIMESTAMP"
+# Cells pandas would read as NaN; reported as missing rather than non-numeric.
+_MISSING = {"nan", "na", "n/a", "null", "none", "<na>"}
 
 
 def read_azure_trace(path: str | Path) -> pd.DataFrame:
@@ -111,7 +113,11 @@ def _parse_lengths(path: Path, raw: pd.DataFrame, columns: dict[str, str]) -> di
         bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.argmax(bad))
-            what = "missing value" if text.iloc[i] == "" else f"non-numeric value {text.iloc[i]!r}"
+            cell = text.iloc[i]
+            if cell == "" or cell.lower() in _MISSING:
+                what = "missing value" + (f" ({cell!r})" if cell else "")
+            else:
+                what = f"non-numeric value {cell!r}"
             raise WorkloadError(f"{_where(path, i)}: field {column!r}: {what}")
         fractional = values != np.round(values)
         if fractional.any():

@@ -73,7 +73,8 @@ class Workload:
             raise WorkloadError(f"workload {name!r}: arrival, length and app arrays differ in length")
         if len(self.apps) != len(self.app_slo_classes):
             raise WorkloadError(f"workload {name!r}: apps and app_slo_classes differ in length")
-        _check_first(name, ~np.isfinite(self.arrival_time) | (self.arrival_time < 0), "arrival_time", "is not finite and >= 0")
+        bad_time = ~np.isfinite(self.arrival_time) | (self.arrival_time < 0)
+        _check_first(name, bad_time, "arrival_time", "is not finite and >= 0")
         _check_first(name, np.diff(self.arrival_time) < 0, "arrival_time", "decreases", offset=1)
         _check_first(name, self.num_prompt_tokens < 1, "num_prompt_tokens", "must be >= 1")
         _check_first(name, self.num_output_tokens < 1, "num_output_tokens", "must be >= 1")

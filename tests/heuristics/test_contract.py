@@ -1,0 +1,105 @@
+"""The shared contract every scheduler meets, on the simulator, over random small workloads (hypothesis).
+
+* the KV cache never holds more than its capacity, and every block is free at the end;
+* every step computes at most the scheduler's token budget and at most max_num_seqs requests run;
+* every request that arrives ends finished (with all its tokens) or rejected with a reason;
+* the same workload and seed give identical per-request results.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.core.clock import VirtualClock
+from runtime.core.engine import Engine
+from runtime.core.metrics import requests_frame
+from runtime.core.request import RequestStatus
+from runtime.sim.executor import SimExecutor
+from runtime.sim.workload import Workload
+from tests.conftest import create_block_manager, create_cost_model, create_scheduler, create_slo_classes, scheduler_names
+
+SCHEDULERS = scheduler_names()
+
+
+class CheckingExecutor(SimExecutor):
+    """A SimExecutor that checks the per-step contract before running the step."""
+
+    def __init__(self, scheduler, block_manager):
+        super().__init__(cost_model=create_cost_model())
+        self.scheduler, self.bm, self.steps = scheduler, block_manager, 0
+
+    def execute(self, output):
+        self.steps += 1
+        assert output.num_scheduled_tokens, "empty step"
+        assert self.bm.num_used_blocks <= self.bm.num_blocks
+        assert self.bm.num_free_blocks + self.bm.num_used_blocks == self.bm.num_blocks
+        budget = self.scheduler.token_budget
+        if budget is not None:
+            assert sum(output.num_scheduled_tokens.values()) <= budget
+        assert len(output.num_scheduled_tokens) <= self.scheduler.max_num_seqs
+        assert len(self.scheduler.running) <= self.scheduler.max_num_seqs
+        for req_id, n in output.num_scheduled_tokens.items():
+            req = self.scheduler.requests[req_id]
+            assert n >= 1 and req.num_computed_tokens <= req.num_tokens
+            # Every computed token has a KV slot.
+            assert self.bm.num_blocks_of(req_id) * self.bm.block_size >= req.num_computed_tokens
+        assert len(output.prefill_chunks) + len(output.decode_context_lens) == len(output.num_scheduled_tokens)
+        return super().execute(output)
+
+
+def make_workload(seed: int, n: int, rate: float, max_prompt: int, max_output: int) -> Workload:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
+    prompts = rng.integers(1, max_prompt + 1, n)
+    outputs = rng.integers(1, max_output + 1, n)
+    classes = create_slo_classes()
+    return Workload(name="random", arrival_time=arrivals, num_prompt_tokens=prompts, num_output_tokens=outputs,
+                    app_index=rng.integers(0, 2, n), apps=["chat", "summ"], app_slo_classes=["tight", "loose"],
+                    slo_classes=classes)
+
+
+def run_once(name, workload, num_blocks, max_num_seqs, max_model_len=512, **overrides):
+    bm = create_block_manager(num_blocks=num_blocks, block_size=8, watermark=0.01)
+    scheduler = create_scheduler(name, block_manager=bm, max_model_len=max_model_len, max_num_seqs=max_num_seqs, **overrides)
+    executor = CheckingExecutor(scheduler, bm)
+    result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=VirtualClock()).run()
+    return result, bm, scheduler
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 40), rate=st.floats(0.5, 200.0),
+       num_blocks=st.integers(70, 400), max_num_seqs=st.integers(1, 16),
+       max_prompt=st.integers(1, 400), max_output=st.integers(1, 100))
+def test_contract_on_random_workloads(name, seed, n, rate, num_blocks, max_num_seqs, max_prompt, max_output):
+    workload = make_workload(seed, n, rate, max_prompt, max_output)
+    result, bm, scheduler = run_once(name, workload, num_blocks, max_num_seqs)
+    assert len(result.requests) == n
+    assert bm.num_used_blocks == 0, "blocks leaked"
+    bm.check_invariants()
+    assert not scheduler.has_unfinished_requests()
+    for r in result.requests:
+        assert r.is_finished
+        if r.status == RequestStatus.FINISHED_REJECTED:
+            assert r.rejection_reason
+            assert r.num_prompt_tokens + r.max_tokens > 512 or not bm.can_fit_ever(r.num_prompt_tokens + r.max_tokens) \
+                or (scheduler.whole_prefill_cap is not None and r.num_prompt_tokens + r.max_tokens > scheduler.whole_prefill_cap)
+        else:
+            assert r.num_output_tokens == r.max_tokens == len(r.token_times)
+            assert r.token_times == sorted(r.token_times) and r.token_times[0] > r.arrival_time
+    # Same inputs, same results.
+    again, _, _ = run_once(name, make_workload(seed, n, rate, max_prompt, max_output), num_blocks, max_num_seqs)
+    assert requests_frame(again.requests).equals(requests_frame(result.requests))
+    assert again.iterations.duration == result.iterations.duration
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_kv_pressure_forces_preemption_or_waiting_but_completes(name):
+    # 40 long requests into a cache that holds only a few at a time.
+    workload = make_workload(7, 40, 1000.0, 300, 200)
+    result, bm, scheduler = run_once(name, workload, num_blocks=130, max_num_seqs=16)
+    assert all(r.is_finished for r in result.requests)
+    assert bm.num_used_blocks == 0
+    assert sum(r.status == RequestStatus.FINISHED_STOPPED for r in result.requests) >= 30
