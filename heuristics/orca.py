@@ -27,12 +27,12 @@ class OrcaScheduler(BaseScheduler):
     def schedule(self, now: float) -> SchedulerOutput:
         output = self._new_output()
         # Reserved KV covers every decode, so no preemption can be needed.
-        num_tokens = self._schedule_decodes(output, list(self.running), now, self.max_num_seqs)
+        num_tokens = self._schedule_decodes(output, list(self.decoding), now, self.max_num_seqs)
 
         # Next, admit WAITING requests with their whole prompts.
         cap = self.max_num_batched_tokens
         waiting = self.waiting
-        while waiting and len(self.running) < self.max_num_seqs:
+        while waiting and self.num_running < self.max_num_seqs:
             request = waiting[0]
             need = request.num_uncomputed_tokens
             if cap is not None and num_tokens + need > cap:

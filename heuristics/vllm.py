@@ -48,7 +48,7 @@ class VLLMScheduler(BaseScheduler):
         while waiting:
             request = waiting[0]
             need = request.num_uncomputed_tokens
-            if num_tokens + need > self.max_num_batched_tokens or len(self.running) + 1 > self.max_num_seqs:
+            if num_tokens + need > self.max_num_batched_tokens or self.num_running + 1 > self.max_num_seqs:
                 break
             if not self.block_manager.allocate_slots(request.req_id, request.num_tokens, use_watermark=True):
                 break  # head-of-line blocking, as in vLLM v0
@@ -60,5 +60,5 @@ class VLLMScheduler(BaseScheduler):
             return self._finish_output(output)
 
         # Otherwise, decode every running request.
-        self._schedule_decodes(output, list(self.running), now, self.max_num_seqs)
+        self._schedule_decodes(output, list(self.decoding), now, self.max_num_seqs)
         return self._finish_output(output)

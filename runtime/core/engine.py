@@ -55,7 +55,7 @@ class Engine:
         arrived: list[Request] = []
         wall_start = time.perf_counter()
         first_step_wall: float | None = None
-        num_done = reported = 0
+        num_done = reported = num_steps = 0
         progress = self.progress
         while workload.has_pending() or scheduler.has_unfinished_requests():
             for request in workload.arrivals_until(clock.now()):
@@ -80,11 +80,12 @@ class Engine:
             finished = scheduler.update_from_output(output, result, clock.now())
             log.log_step(start, output, result.step_time)
             num_done += len(finished)
-            if progress is not None and len(log) % 512 == 0:
+            num_steps += 1
+            if progress is not None and not num_steps % 512:
                 progress.update(num_done - reported)
                 reported = num_done
                 progress.set_postfix_str(f"sim {clock.now():,.1f}s", refresh=False)
-            if self.max_steps is not None and len(log) >= self.max_steps:
+            if self.max_steps is not None and num_steps >= self.max_steps:
                 break
         if progress is not None:
             progress.update(num_done - reported)

@@ -58,6 +58,11 @@ class BlockManager:
         table = self._tables.get(req_id)
         return len(table) if table is not None else 0
 
+    @property
+    def tables(self) -> dict[str, list[int]]:
+        """Every request's block table (read-only by contract: the live runtime builds slot mappings from it)."""
+        return self._tables
+
     def block_table(self, req_id: str) -> list[int]:
         return self._tables.get(req_id, [])
 
@@ -95,8 +100,9 @@ class BlockManager:
             return False
         if table is None:
             table = self._tables[req_id] = []
-        for _ in range(need):
-            table.append(free.pop())
+        # Same order as popping one by one (lowest ids first), in two C-level list operations.
+        table.extend(free[:-need - 1:-1])
+        del free[-need:]
         return True
 
     def append_slot(self, req_id: str, num_total_tokens: int) -> bool:

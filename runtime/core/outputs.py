@@ -18,15 +18,22 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[str, int]
     prefill_chunks: list[tuple[int, int]] = field(default_factory=list)
     decode_context_lens: list[int] = field(default_factory=list)
-    # Requests that emit a token at the end of this step (their computed count reaches num_tokens).
-    sampling_req_ids: list[str] = field(default_factory=list)
-    # Requests that are prefill-phase members of this step (for slo.bound_prefill_iterations).
+    # Decodes of this step, aligned with decode_context_lens; each emits a token.
+    decode_req_ids: list[str] = field(default_factory=list)
+    # Prefill-phase members, aligned with prefill_chunks (for slo.bound_prefill_iterations).
     prefill_req_ids: list[str] = field(default_factory=list)
+    # Prefill-phase members whose final chunk runs this step: they emit their next (first) token.
+    prefill_done_req_ids: list[str] = field(default_factory=list)
     preempted_req_ids: list[str] = field(default_factory=list)
     # Freed since the last step without finishing normally: rejected or aborted.
     finished_req_ids: list[str] = field(default_factory=list)
     # Blocks in use after this step's allocations (for the iteration log).
     num_used_blocks: int = 0
+
+    @property
+    def sampling_req_ids(self) -> list[str]:
+        """Requests that emit a token at the end of this step (their computed count reaches num_tokens)."""
+        return self.decode_req_ids + self.prefill_done_req_ids
 
     @property
     def total_num_scheduled_tokens(self) -> int:

@@ -86,21 +86,26 @@ class Workload:
             for app, slo in zip(self.apps, (_check_slo_class(s, classes) for s in self.app_slo_classes))
         ]
         self._cursor = 0
+        self._num = n
+        self._rows: tuple[list, list, list, list] | None = None
+        # The next unreleased arrival as a Python float: the engine asks every step, and most steps see none.
+        self._next_time = float(self.arrival_time[0])
 
     # RequestSource -------------------------------------------------------------------------------------------------
     def has_pending(self) -> bool:
-        return self._cursor < len(self.arrival_time)
+        return self._cursor < self._num
 
     def next_arrival_time(self) -> float:
-        return float(self.arrival_time[self._cursor]) if self.has_pending() else float("inf")
+        return self._next_time
 
     def arrivals_until(self, now: float) -> list[Request]:
         """Every not-yet-released request with ``arrival_time <= now``, in arrival order; each is released once."""
+        if now < self._next_time:
+            return []
         start = self._cursor
         end = int(np.searchsorted(self.arrival_time, now, side="right"))
-        if end <= start:
-            return []
         self._cursor = end
+        self._next_time = float(self.arrival_time[end]) if end < self._num else float("inf")
         return [self._request(i) for i in range(start, end)]
 
     # Inspection ----------------------------------------------------------------------------------------------------
@@ -114,6 +119,7 @@ class Workload:
     def reset(self) -> None:
         """Release the requests again from the start (a new run over the same arrays)."""
         self._cursor = 0
+        self._next_time = float(self.arrival_time[0])
 
     def to_frame(self) -> pd.DataFrame:
         apps = np.asarray(self.apps, dtype=object)[self.app_index]
@@ -131,12 +137,17 @@ class Workload:
         return f"Workload({self.name!r}, num_requests={len(self)}, apps={self.apps}, released={self._cursor})"
 
     def _request(self, i: int) -> Request:
-        app, slo, ttft, tbt = self._app_info[self.app_index[i]]
+        if self._rows is None:
+            # Python lists once: indexing numpy arrays element by element costs more than the Request itself.
+            self._rows = (self.arrival_time.tolist(), self.num_prompt_tokens.tolist(), self.num_output_tokens.tolist(),
+                          self.app_index.tolist())
+        arrival, prompt, output, app_index = self._rows
+        app, slo, ttft, tbt = self._app_info[app_index[i]]
         return Request(
             f"r{i}",
-            arrival_time=float(self.arrival_time[i]),
-            num_prompt_tokens=int(self.num_prompt_tokens[i]),
-            max_tokens=int(self.num_output_tokens[i]),
+            arrival_time=arrival[i],
+            num_prompt_tokens=prompt[i],
+            max_tokens=output[i],
             app=app,
             slo_class=slo,
             ttft_slo_s=ttft,
