@@ -55,3 +55,12 @@ def test_model_hardware_pairs_build(model, hardware):
 def test_slo_options_resolve(option):
     parts = build(compose_config([f"slo={option}", "workload.num_requests=5"]))
     assert all(c.tbt_slo_s > 0 and c.ttft_slo_s > 0 for c in parts["slo_classes"].values())
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiments_compose_and_build(option):
+    cfg = compose_config([f"experiment={option}"])
+    if "azure" in str(cfg.workload.get("name", "")) and not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data")
+    parts = build(cfg)
+    assert len(parts["workload"]) > 0 and parts["block_manager"].num_blocks > 0
