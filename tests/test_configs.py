@@ -38,8 +38,15 @@ def test_workload_options_build(option):
 
 @pytest.mark.parametrize("option", options("cost_model"))
 def test_cost_model_options_instantiate(option):
-    cm = instantiate(compose_config().cost_model if option == "llama2_7b_a100_80g" else
-                     __import__("omegaconf").OmegaConf.load(CONF_DIR / "cost_model" / f"{option}.yaml"))
+    if option.startswith("llama2_70b"):
+        overrides = ["model=llama2_70b", "hardware=a100_80g_tp4"]
+    elif option.startswith("llama3_8b"):
+        overrides = ["model=llama3_8b"]
+    elif "h100" in option:
+        overrides = ["hardware=h100_80g"]
+    else:
+        overrides = []
+    cm = instantiate(compose_config([*overrides, f"cost_model={option}"]).cost_model)
     assert cm.predict([(512, 0)], [1024] * 8) > cm.predict([], [1024] * 8) > 0
 
 

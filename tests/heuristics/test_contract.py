@@ -7,6 +7,9 @@
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,8 +17,9 @@ from hypothesis import strategies as st
 
 from runtime.core.clock import VirtualClock
 from runtime.core.engine import Engine
-from runtime.core.metrics import requests_frame
+from runtime.core.metrics import requests_frame, summarise
 from runtime.core.request import RequestStatus
+from runtime.core.run_log import write_run_outputs
 from runtime.sim.executor import SimExecutor
 from runtime.sim.workload import Workload
 from tests.conftest import create_block_manager, create_cost_model, create_scheduler, create_slo_classes, scheduler_names
@@ -89,10 +93,16 @@ def test_contract_on_random_workloads(name, seed, n, rate, num_blocks, max_num_s
         else:
             assert r.num_output_tokens == r.max_tokens == len(r.token_times)
             assert r.token_times == sorted(r.token_times) and r.token_times[0] > r.arrival_time
-    # Same inputs, same results.
+    # Same inputs, same results: the written requests.parquet and iterations.parquet are byte-identical and
+    # summary.json is identical.
     again, _, _ = run_once(name, make_workload(seed, n, rate, max_prompt, max_output), num_blocks, max_num_seqs)
-    assert requests_frame(again.requests).equals(requests_frame(result.requests))
-    assert again.iterations.duration == result.iterations.duration
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, res in (("a", result), ("b", again)):
+            frame = requests_frame(res.requests)
+            write_run_outputs(Path(tmp) / label, requests=frame, iterations=res.iterations.to_frame(),
+                              summary=summarise(frame, res.requests))
+        for file in ("requests.parquet", "iterations.parquet", "summary.json"):
+            assert (Path(tmp) / "a" / file).read_bytes() == (Path(tmp) / "b" / file).read_bytes(), file
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
