@@ -5,15 +5,17 @@ Policies (``heuristics/*``, the Oracle) override ``schedule(now)`` and the hooks
 only in policy (algorithms.md section 4).
 
 Request flow: ``add_request`` either rejects the request at once (``FINISHED_REJECTED`` with a reason) or
-appends it to ``waiting``. A policy moves requests to ``running`` with ``_admit``, grows their KV with
-``_allocate`` / ``_append_decode_slot`` and records the batch with ``_add_chunk`` / ``_add_decode``;
-``_preempt`` frees a running request's KV and puts it back at the front of ``waiting`` (recompute).
-``update_from_output`` appends sampled tokens, stamps their times and finishes requests.
+appends it to ``waiting``. A policy allocates KV through ``block_manager`` and moves a request to ``prefilling``
+with ``_admit``; ``_add_chunk`` schedules prompt (or recompute) chunks, ``_schedule_decodes`` gives running decodes
+their token and preempts (``pick_victim``, ``_preempt``: free the KV, rewind, requeue at the front of ``waiting``)
+when a block is missing. ``update_from_output`` appends sampled tokens, stamps their times, moves finished prefills
+to ``decoding`` and finishes requests. ``_schedule_stall_free`` is the Sarathi-Serve batch that several policies
+share.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from runtime.core.errors import ConfigError
 from runtime.core.kv_cache import BlockManager
@@ -121,8 +123,7 @@ class BaseScheduler:
     # Mechanics used by schedule() -------------------------------------------------------------------------------
     def _new_output(self) -> SchedulerOutput:
         finished, self._newly_rejected = self._newly_rejected, []
-        preempted, self._step_preempted = self._step_preempted, []
-        return SchedulerOutput(num_scheduled_tokens={}, preempted_req_ids=preempted, finished_req_ids=finished)
+        return SchedulerOutput(num_scheduled_tokens={}, finished_req_ids=finished)
 
     def _admit(self, request: Request, now: float) -> None:
         """WAITING/PREEMPTED -> RUNNING (the caller has popped it from ``waiting`` and allocated its KV)."""
@@ -162,9 +163,9 @@ class BaseScheduler:
     def _schedule_decodes(self, output: SchedulerOutput, decodes: list[Request], now: float, limit: int) -> int:
         """Give each of ``decodes`` (a snapshot, in priority order) one token, preempting when KV runs out.
 
-        Only the first ``limit`` decodes are considered; returns how many were scheduled. This is the simulator's hot loop (about 90
-        decodes a step on the Azure trace), so ``_add_decode`` and ``BlockManager.append_slot`` are inlined: only a
-        decode that crosses a block boundary calls into the block manager.
+        Only the first ``limit`` decodes are considered; returns how many were scheduled. This is the simulator's
+        hot loop (about 90 decodes a step on the Azure trace), so the bookkeeping is inlined and only a decode
+        that opens a new KV block calls into the block manager.
         """
         bm = self.block_manager
         tables = bm.tables
@@ -193,14 +194,6 @@ class BaseScheduler:
         # One C-level call instead of a dict store per decode.
         scheduled.update(dict.fromkeys(decode_ids[first:], 1))
         return len(decode_ids) - first
-
-    def _add_decode(self, output: SchedulerOutput, request: Request) -> None:
-        """Schedule one decode token (its KV slot must already be allocated)."""
-        ctx = request.num_computed_tokens + 1
-        request.num_computed_tokens = ctx
-        output.num_scheduled_tokens[request.req_id] = 1
-        output.decode_context_lens.append(ctx)
-        output.decode_req_ids.append(request.req_id)
 
     def _add_chunk(self, output: SchedulerOutput, request: Request, num_new_tokens: int) -> None:
         """Schedule a prefill chunk (its KV must already be allocated); the final chunk samples a token."""
@@ -321,7 +314,3 @@ class BaseScheduler:
                         self.decoding.remove(request)
         return finished
 
-    def iter_unfinished(self) -> Iterable[Request]:
-        yield from self.decoding
-        yield from self.prefilling
-        yield from self.waiting

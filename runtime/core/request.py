@@ -11,7 +11,7 @@ again; the step that finishes that re-prefill samples the next output token.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class RequestStatus(enum.IntEnum):
@@ -23,10 +23,6 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = enum.auto()
     FINISHED_LENGTH_CAPPED = enum.auto()
     FINISHED_REJECTED = enum.auto()
-
-    @staticmethod
-    def is_finished(status: "RequestStatus") -> bool:
-        return status > RequestStatus.PREEMPTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +55,7 @@ class Request:
     __slots__ = (
         "req_id", "arrival_time", "num_prompt_tokens", "max_tokens", "app", "slo_class", "ttft_slo_s",
         "tbt_slo_s", "status", "num_computed_tokens", "num_output_tokens", "num_preemptions", "token_times",
-        "times", "max_prefill_step_time", "rejection_reason", "output_token_ids", "estimated_output_tokens",
+        "times", "max_prefill_step_time", "rejection_reason", "output_token_ids",
     )
 
     def __init__(
@@ -94,8 +90,6 @@ class Request:
         self.rejection_reason: str | None = None
         # Live runtime only: the sampled token ids (the simulator samples placeholders and keeps none).
         self.output_token_ids: list[int] | None = None
-        # Schedulers that estimate output lengths (AccelGen, CacheOPT) may write their estimate here.
-        self.estimated_output_tokens: int | None = None
 
     # Derived counters -----------------------------------------------------------------------------------------
     @property
@@ -115,11 +109,6 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status > RequestStatus.PREEMPTED
-
-    @property
-    def max_total_tokens(self) -> int:
-        """Tokens whose KV the request needs at its largest: the final sampled token is never fed back."""
-        return self.num_prompt_tokens + self.max_tokens - 1
 
     def __repr__(self) -> str:
         return (
