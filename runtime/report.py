@@ -1,7 +1,7 @@
 """Sweep reports: one comparison table from the ``summary.json`` of every job of a multirun.
 
 ``ComparisonCallback`` is a Hydra callback (see ``conf/hydra/default.yaml``): at the end of a multirun it reads
-each job's summary, prints a table and writes ``comparison.csv`` in the sweep directory.
+each job's summary, prints a table and writes ``comparison.csv`` and ``comparison.png`` in the sweep directory.
 """
 from __future__ import annotations
 
@@ -65,17 +65,52 @@ def format_table(frame: pd.DataFrame) -> str:
     """The headline columns as aligned text (the full table is in comparison.csv)."""
     extra = sorted(c for c in frame.columns if c.startswith("slo_attainment["))
     cols = [c for c in SHOWN[:3] + extra + SHOWN[3:] if c in frame.columns]
-    shown = frame[cols].rename(columns=lambda c: c.replace("slo_attainment[", "slo[").replace("_attainment", ""))
-    if "overrides" in shown:
-        # Only what varies between jobs tells them apart.
-        items = [set(o.split()) for o in shown["overrides"].fillna("")]
-        common = set.intersection(*items) if items else set()
-        varying = [" ".join(i for i in o.split() if i not in common and not i.startswith("scheduler="))
-                   for o in shown["overrides"].fillna("")]
-        shown = shown.assign(overrides=varying)
-        if not any(varying):
-            shown = shown.drop(columns="overrides")
+    # Only what varies between jobs tells them apart.
+    shown = _labelled(frame)[cols].rename(columns=lambda c: c.replace("slo_attainment[", "slo[").replace("_attainment", ""))
+    if "overrides" in shown and not shown["overrides"].astype(bool).any():
+        shown = shown.drop(columns="overrides")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def plot_comparison(frame: pd.DataFrame, path: Path) -> Path:
+    """Bar charts of SLO attainment (overall and per class), goodput and p99 TBT, one bar group per job."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: sweeps run headless
+    import matplotlib.pyplot as plt
+
+    labels = [f"{row.scheduler}\n{row.overrides}" if getattr(row, "overrides", "") else str(row.scheduler)
+              for row in _labelled(frame).itertuples()]
+    classes = sorted(c for c in frame.columns if c.startswith("slo_attainment["))
+    fig, axes = plt.subplots(1, 3, figsize=(3 * max(3.5, 0.7 * len(frame)), 4.0), constrained_layout=True)
+    x = range(len(frame))
+    width = 0.8 / (1 + len(classes))
+    for i, col in enumerate(["slo_attainment", *classes]):
+        label = "all" if col == "slo_attainment" else col[len("slo_attainment["):-1]
+        axes[0].bar([v + i * width for v in x], frame[col], width, label=label)
+    axes[0].set(title="SLO attainment", ylim=(0, 1.05))
+    axes[0].legend(fontsize=7)
+    axes[1].bar(list(x), frame["goodput_rps"], color="tab:green")
+    axes[1].set(title="goodput (req/s)")
+    axes[2].bar(list(x), frame["tbt_p99_s"] * 1e3, color="tab:red")
+    axes[2].set(title="p99 TBT (ms)")
+    for ax in axes:
+        ax.set_xticks([v + (width * len(classes) / 2 if ax is axes[0] else 0) for v in x], labels, fontsize=7,
+                      rotation=30, ha="right")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with ``overrides`` reduced to what varies between jobs (as in the printed table)."""
+    if "overrides" not in frame:
+        return frame
+    items = [set(o.split()) for o in frame["overrides"].fillna("")]
+    common = set.intersection(*items) if items else set()
+    varying = [" ".join(i for i in o.split() if i not in common and not i.startswith("scheduler="))
+               for o in frame["overrides"].fillna("")]
+    return frame.assign(overrides=varying)
 
 
 class ComparisonCallback(Callback):
@@ -86,5 +121,6 @@ class ComparisonCallback(Callback):
             print(f"no summary.json found under {sweep_dir}")
             return
         table.to_csv(sweep_dir / "comparison.csv", index=False)
-        print(f"\nComparison ({len(table)} runs) -> {sweep_dir / 'comparison.csv'}")
+        plot = plot_comparison(table, sweep_dir / "comparison.png")
+        print(f"\nComparison ({len(table)} runs) -> {sweep_dir / 'comparison.csv'}, {plot.name}")
         print(format_table(table))

@@ -89,6 +89,7 @@ def test_sweep_prints_comparison_and_writes_csv(tmp_path):
     table = pd.read_csv(tmp_path / "sweep" / "comparison.csv")
     assert sorted(table["scheduler"]) == ["orca", "sarathi", "vllm"]
     assert "Comparison (3 runs)" in done.stdout
+    assert (tmp_path / "sweep" / "comparison.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("override, expected", [

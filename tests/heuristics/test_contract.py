@@ -25,6 +25,13 @@ from runtime.sim.workload import Workload
 from tests.conftest import create_block_manager, create_cost_model, create_scheduler, create_slo_classes, scheduler_names
 
 SCHEDULERS = scheduler_names()
+# Every YAML as shipped, plus variants that stress chunking, tiny budgets (fewer tokens than running decodes) and
+# per-step caps.
+VARIANTS = [(name, {}) for name in SCHEDULERS] + [
+    ("vllm", {"chunked_prefill": True, "max_num_batched_tokens": 64}),
+    ("sarathi", {"token_budget": 8, "chunk_align": 4}),
+    ("orca", {"max_num_batched_tokens": 300}),
+]
 
 
 class CheckingExecutor(SimExecutor):
@@ -72,14 +79,16 @@ def run_once(name, workload, num_blocks, max_num_seqs, max_model_len=512, **over
     return result, bm, scheduler
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name, overrides", VARIANTS, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={x}" for k, x in v.items()) or "default")
 @settings(max_examples=25)
 @given(seed=st.integers(0, 2**16), n=st.integers(1, 40), rate=st.floats(0.5, 200.0),
        num_blocks=st.integers(70, 400), max_num_seqs=st.integers(1, 16),
        max_prompt=st.integers(1, 400), max_output=st.integers(1, 100))
-def test_contract_on_random_workloads(name, seed, n, rate, num_blocks, max_num_seqs, max_prompt, max_output):
+def test_contract_on_random_workloads(name, overrides, seed, n, rate, num_blocks, max_num_seqs, max_prompt,
+                                      max_output):
     workload = make_workload(seed, n, rate, max_prompt, max_output)
-    result, bm, scheduler = run_once(name, workload, num_blocks, max_num_seqs)
+    result, bm, scheduler = run_once(name, workload, num_blocks, max_num_seqs, **overrides)
     assert len(result.requests) == n
     assert bm.num_used_blocks == 0, "blocks leaked"
     bm.check_invariants()
@@ -95,7 +104,8 @@ def test_contract_on_random_workloads(name, seed, n, rate, num_blocks, max_num_s
             assert r.token_times == sorted(r.token_times) and r.token_times[0] > r.arrival_time
     # Same inputs, same results: the written requests.parquet and iterations.parquet are byte-identical and
     # summary.json is identical.
-    again, _, _ = run_once(name, make_workload(seed, n, rate, max_prompt, max_output), num_blocks, max_num_seqs)
+    again, _, _ = run_once(name, make_workload(seed, n, rate, max_prompt, max_output), num_blocks, max_num_seqs,
+                           **overrides)
     with tempfile.TemporaryDirectory() as tmp:
         for label, res in (("a", result), ("b", again)):
             frame = requests_frame(res.requests)
