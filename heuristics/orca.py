@@ -12,6 +12,8 @@ from runtime.core.outputs import SchedulerOutput
 
 
 class OrcaScheduler(BaseScheduler):
+    preempts = False
+
     def __init__(self, *, max_num_batched_tokens: int | None = None, **base) -> None:
         super().__init__(**base)
         bm = self.block_manager

@@ -38,6 +38,9 @@ class SarathiScheduler(BaseScheduler):
             token_budget = self.auto_token_budget(max_budget, auto_decode_batch, auto_decode_context)
         if not isinstance(token_budget, int) or token_budget < 1:
             raise ConfigError(f"scheduler.token_budget must be a positive integer or 'auto', got {token_budget!r}")
+        if token_budget < chunk_align:
+            # Every chunk would round down to zero tokens and no prompt could start.
+            raise ConfigError(f"scheduler.token_budget={token_budget} must be >= scheduler.chunk_align={chunk_align}")
         self.token_budget = token_budget
 
     def auto_token_budget(self, max_budget: int, decode_batch: int, decode_context: int) -> int:

@@ -30,6 +30,15 @@ class VLLMScheduler(BaseScheduler):
             max_num_batched_tokens = 512 if chunked_prefill else max(self.max_model_len, 2048)
         if max_num_batched_tokens < 1:
             raise ConfigError(f"scheduler.max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}")
+        if chunk_align < 1:
+            raise ConfigError(f"scheduler.chunk_align must be >= 1, got {chunk_align}")
+        if chunked_prefill and max_num_batched_tokens < chunk_align:
+            raise ConfigError(f"scheduler.max_num_batched_tokens={max_num_batched_tokens} must be >= "
+                              f"scheduler.chunk_align={chunk_align}: every chunk would round down to zero")
+        if not chunked_prefill and max_num_batched_tokens < self.max_num_seqs:
+            # As vLLM: a decode step of max_num_seqs requests must fit the per-step token cap.
+            raise ConfigError(f"scheduler.max_num_batched_tokens={max_num_batched_tokens} must be >= "
+                              f"scheduler.max_num_seqs={self.max_num_seqs}")
         self.max_num_batched_tokens = max_num_batched_tokens
         self.chunked_prefill = chunked_prefill
         self.chunk_align = chunk_align

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -23,7 +24,8 @@ from runtime.core.engine import Engine
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.kv_cache import BlockManager
 from runtime.core.metrics import requests_frame, summarise
-from runtime.core.run_log import write_run_outputs
+from runtime.core.run_log import write_json, write_run_outputs
+from runtime.report import FAILED_FILE
 from runtime.core.slo import resolve_slo_classes
 from runtime.sim.capacity import num_kv_blocks
 
@@ -54,12 +56,28 @@ def _instantiate(node, **kwargs):
         raise
 
 
+def _check_run_keys(cfg: DictConfig) -> None:
+    """Run-wide keys that no constructor owns: checked before anything runs, each error naming its key."""
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    metrics = cfg.metrics
+    if metrics.tbt_mode not in ("max", "percentile"):
+        raise ConfigError(f"metrics.tbt_mode must be 'max' or 'percentile', got {metrics.tbt_mode!r}")
+    if not 0.0 <= float(metrics.tbt_percentile) <= 100.0:
+        raise ConfigError(f"metrics.tbt_percentile must be in [0, 100], got {metrics.tbt_percentile!r}")
+    if not float(metrics.warmup_s) >= 0.0:
+        raise ConfigError(f"metrics.warmup_s must be >= 0, got {metrics.warmup_s!r}")
+
+
 def build(cfg: DictConfig) -> dict:
     """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
     _fill_paths(cfg)
+    _check_run_keys(cfg)
     model = _instantiate(cfg.model)
     hardware = _instantiate(cfg.hardware)
-    cost_model = _instantiate(cfg.cost_model)
+    # The run's seed drives the latency noise too (cost_model.noise_cv), so seed replicates are independent.
+    cost_model = _instantiate(cfg.cost_model, seed=cfg.seed)
     # Schedulers plan with the noise-free predictor; only simulated time (the executor) sees latency.noise_cv.
     planner_model = cost_model.deterministic() if hasattr(cost_model, "deterministic") else cost_model
     slo_classes, slo_refs = resolve_slo_classes(
@@ -134,11 +152,17 @@ def format_summary(summary: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         summary = run(cfg, output_dir)
     except AccelgenError as error:
         print(f"accelgen: error: {error}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # One impossible job must not cost the rest of the sweep: record it; the sweep's end reports it and
+            # exits non-zero (runtime.report.ComparisonCallback).
+            write_json(output_dir / FAILED_FILE, {"error": str(error), "type": type(error).__name__})
+            return float("nan")
         sys.exit(2)
     print(f"{summary['scheduler']} on {summary['workload']} -> {output_dir}")
     print(format_summary(summary))

@@ -6,11 +6,15 @@ each job's summary, prints a table and writes ``comparison.csv`` and ``compariso
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
+
+#: Written instead of summary.json by a sweep job that stopped on a configuration or input error.
+FAILED_FILE = "failed.json"
 
 COLUMNS = [
     "scheduler", "workload", "seed", "num_requests", "num_finished", "num_rejected", "slo_attainment",
@@ -116,6 +120,18 @@ def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
 class ComparisonCallback(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(Path(sweep_dir).glob(f"*/{FAILED_FILE}"), key=lambda p: _job_number(p.parent))
+        try:
+            self._report(sweep_dir)
+        finally:
+            if failed:
+                print(f"\n{len(failed)} job(s) failed:", file=sys.stderr)
+                for path in failed:
+                    print(f"  {path.parent.name}: {json.loads(path.read_text())['error']}", file=sys.stderr)
+        if failed:
+            raise SystemExit(2)
+
+    def _report(self, sweep_dir: Path) -> None:
         table = comparison_table(collect_summaries(sweep_dir))
         if table.empty:
             print(f"no summary.json found under {sweep_dir}")

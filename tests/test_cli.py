@@ -118,3 +118,33 @@ def test_cli_works_from_any_directory(tmp_path):
     assert (REPO_ROOT / "conf" / "config.yaml").exists()
     done = accelgen("--cfg", "job", cwd=tmp_path)
     assert done.returncode == 0 and "scheduler:" in done.stdout
+
+
+@pytest.mark.parametrize("override, key", [
+    ("metrics.tbt_mode=bogus", "metrics.tbt_mode"),
+    ("metrics.tbt_percentile=150", "metrics.tbt_percentile"),
+    ("metrics.warmup_s=-1", "metrics.warmup_s"),
+    ("metrics.warmup_s=1e9", "drops every request"),
+    ("seed=-1", "seed"),
+])
+def test_run_wide_keys_are_checked(override, key):
+    with pytest.raises(ConfigError, match=key):
+        run(compose_config([override, "workload.num_requests=5"]), None)
+
+
+def test_seed_reaches_latency_noise():
+    from runtime.cli import build
+
+    models = [build(compose_config(["cost_model.noise_cv=0.3", f"seed={seed}", "workload.num_requests=5"]))["executor"]
+              .cost_model for seed in (0, 1, 1)]
+    draws = [[m.predict([(100, 0)], [50]) for _ in range(5)] for m in models]
+    assert draws[1] == draws[2] and draws[0] != draws[1]
+
+
+def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
+    done = accelgen("-m", "scheduler=orca,vllm", "kv.num_blocks=100", "workload.num_requests=20",
+                    f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "job(s) failed" in done.stderr and "orca reserves" in done.stderr
+    table = pd.read_csv(tmp_path / "sweep" / "comparison.csv")
+    assert table["scheduler"].tolist() == ["vllm"]

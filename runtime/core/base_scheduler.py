@@ -30,6 +30,8 @@ class BaseScheduler:
     token_budget: int | None = None
     #: Policies that prefill whole prompts set this to their per-step cap: a longer request could never start.
     whole_prefill_cap: int | None = None
+    #: Whether the policy may preempt (recompute): then a whole prefill can be a prompt plus its outputs so far.
+    preempts: bool = True
 
     def __init__(
         self,
@@ -61,6 +63,9 @@ class BaseScheduler:
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
         self._newly_rejected: list[str] = []
+        # Arrival order of admitted requests: breaks ties between equal arrival times (victim choice).
+        self._arrival_order: dict[str, int] = {}
+        self._num_added = 0
         self._step_preempted: list[str] = []
 
     # Intake ----------------------------------------------------------------------------------------------------
@@ -79,9 +84,12 @@ class BaseScheduler:
                 f"prompt+output={total} tokens needs {bm.blocks_for(total)} KV blocks; the cache has "
                 f"{bm.num_blocks - bm.watermark_blocks} admissible blocks"
             )
-        # After a recompute the whole prompt plus outputs is prefilled in one step, hence prompt+output.
-        if self.whole_prefill_cap is not None and total > self.whole_prefill_cap:
-            return f"prompt+output={total} tokens exceeds the per-step token cap {self.whole_prefill_cap}"
+        if self.whole_prefill_cap is not None:
+            # A recompute prefills the prompt plus every output but the last in one step.
+            longest = total - 1 if self.preempts else request.num_prompt_tokens
+            if longest > self.whole_prefill_cap:
+                what = "prompt+output-1" if self.preempts else "prompt"
+                return f"{what}={longest} tokens exceeds the per-step token cap {self.whole_prefill_cap}"
         return None
 
     def add_request(self, request: Request) -> None:
@@ -95,6 +103,8 @@ class BaseScheduler:
             self._newly_rejected.append(request.req_id)
             return
         self.requests[request.req_id] = request
+        self._arrival_order[request.req_id] = self._num_added
+        self._num_added += 1
         self.waiting.append(request)
 
     @property
@@ -118,7 +128,8 @@ class BaseScheduler:
 
     def pick_victim(self, candidates: list[Request]) -> Request:
         """The running request to preempt when KV runs out: the latest arrival (vLLM, Sarathi-Serve)."""
-        return max(candidates, key=lambda r: (r.arrival_time, r.req_id))
+        order = self._arrival_order
+        return max(candidates, key=lambda r: (r.arrival_time, order[r.req_id]))
 
     # Mechanics used by schedule() -------------------------------------------------------------------------------
     def _new_output(self) -> SchedulerOutput:
@@ -306,6 +317,7 @@ class BaseScheduler:
             for request in finished:
                 bm.free(request.req_id)
                 del requests[request.req_id]
+                del self._arrival_order[request.req_id]
             if len(finished) > 4:
                 self.decoding = [r for r in self.decoding if r.status == RequestStatus.RUNNING]
             else:

@@ -20,8 +20,9 @@ class Scheduler(Protocol):
     at once (as vLLM v1 does), so a chunked prefill can be scheduled again next step. ``update_from_output``
     records the sampled tokens at time ``now`` (the end of the step), checks stop conditions, frees the blocks of
     finished requests and returns the requests that finished during the step. A request rejected at
-    ``add_request`` is finished at once with ``FINISHED_REJECTED`` and a reason; it is returned by the next
-    ``update_from_output`` or by ``drain_rejected``.
+    ``add_request`` is finished at once with ``FINISHED_REJECTED`` and a reason (the engine keeps every request
+    it hands over, so rejected ones are accounted for) and its id is reported in the next step's
+    ``finished_req_ids``.
     """
 
     def add_request(self, request: Request) -> None: ...

@@ -7,7 +7,7 @@ preempt when nothing fits is the scheduler's decision.
 
 Invariant (checked by property tests): ``num_free_blocks + num_used_blocks == num_blocks``.
 
-Admission of new prompts keeps ``watermark_blocks = ceil(watermark * num_blocks)`` blocks free, so running
+Admission of new prompts keeps ``watermark_blocks = floor(watermark * num_blocks)`` blocks free, so running
 requests can grow a little before anyone has to be preempted (vLLM v0's watermark).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.watermark = watermark
-        self.watermark_blocks = math.ceil(watermark * num_blocks)
+        self.watermark_blocks = int(watermark * num_blocks)  # floor, as vLLM v0
         # Pop from the end: the lowest ids are handed out first, which keeps runs reproducible and tables readable.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._tables: dict[str, list[int]] = {}

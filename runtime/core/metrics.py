@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from runtime.core.errors import ConfigError
 from runtime.core.request import Request, RequestStatus
 
 _FINISHED = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED)
@@ -140,6 +141,9 @@ def summarise(
         raise ValueError("no requests arrived: nothing to summarise")
     t_start = float(df["arrival_time"].min())
     keep = (df["arrival_time"] >= t_start + warmup_s).to_numpy()
+    if not keep.any():
+        raise ConfigError(f"metrics.warmup_s={warmup_s} drops every request (arrivals span "
+                          f"{float(df['arrival_time'].max()) - t_start:.1f} s)")
     d = df[keep]
     kept = [r for r, k in zip(requests, keep) if k]
     finished = d["status"].isin([s.name for s in _FINISHED]).to_numpy()

@@ -9,7 +9,7 @@ Both readers return a ``pandas.DataFrame`` in vLLM's vocabulary (``num_prompt_to
 plus ``arrival_time`` in seconds from the first request for Azure). Every check is vectorised, and the first
 offending row is reported as ``WorkloadError("<file>: data row <n> (line <n+1>): <field> ...")``, where data
 row 1 is the first line after the header. A trace that loads is safe to replay: lengths are integers, outputs
-are >= 1, prompts are >= 0 and arrival times never decrease.
+and prompts are in [1, 2^31] and arrival times never decrease.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pandas as pd
 
 from runtime.core.errors import WorkloadError
 
+_MAX_TOKENS = 2**31
 AZURE_COLUMNS = {"ContextTokens": "num_prompt_tokens", "GeneratedTokens": "num_output_tokens"}
 LENGTH_COLUMNS = {"num_prefill_tokens": "num_prompt_tokens", "num_decode_tokens": "num_output_tokens"}
 TIMESTAMP_COLUMN = "TIMESTAMP"
@@ -123,14 +124,18 @@ def _parse_lengths(path: Path, raw: pd.DataFrame, columns: dict[str, str]) -> di
         if fractional.any():
             i = int(np.argmax(fractional))
             raise WorkloadError(f"{_where(path, i)}: field {column!r}: token count {text.iloc[i]!r} is not an integer")
-        # Output lengths must be >= 1 (every request samples at least one token); a prompt may be empty here,
-        # the workload decides whether it can replay it.
-        minimum = 1 if name == "num_output_tokens" else 0
-        low = values < minimum
+        # Every request has a prompt token to prefill and samples at least one token; anything past 2^31 tokens is
+        # a corrupt cell (and would overflow the int64 sums downstream), not a request.
+        kind = "output" if name == "num_output_tokens" else "prompt"
+        low = values < 1
         if low.any():
             i = int(np.argmax(low))
-            kind = "output length must be >= 1" if minimum == 1 else "prompt length must be >= 0"
-            raise WorkloadError(f"{_where(path, i)}: field {column!r}: {kind}, got {text.iloc[i]}")
+            raise WorkloadError(f"{_where(path, i)}: field {column!r}: {kind} length must be >= 1, got {text.iloc[i]}")
+        high = values > _MAX_TOKENS
+        if high.any():
+            i = int(np.argmax(high))
+            raise WorkloadError(
+                f"{_where(path, i)}: field {column!r}: {kind} length {text.iloc[i]} is implausibly large (> 2^31)")
         out[name] = values.astype(np.int64)
     return out
 

@@ -33,3 +33,12 @@ def test_reserves_max_len_and_mixes_whole_prompts_with_decodes():
 def test_cache_smaller_than_one_reservation_is_a_config_error():
     with pytest.raises(ConfigError, match="max_model_len"):
         create_scheduler("orca", block_manager=create_block_manager(num_blocks=3, block_size=16), max_model_len=64)
+
+
+def test_step_cap_bounds_prompts_only_since_orca_never_recomputes():
+    s = create_scheduler("orca", max_num_batched_tokens=2048, block_manager=create_block_manager(num_blocks=1024))
+    ok, too_long = create_requests(2, num_prompt_tokens=[1000, 2049], max_tokens=[1500, 10])
+    s.add_request(ok)
+    s.add_request(too_long)
+    assert ok.rejection_reason is None
+    assert "prompt=2049" in too_long.rejection_reason

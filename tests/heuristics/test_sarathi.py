@@ -49,6 +49,7 @@ def test_auto_budget_meets_tightest_tbt():
     assert cm.predict([(s.token_budget + 32, 0)], decodes) > tight
 
 
-def test_bad_budget_is_a_config_error():
+@pytest.mark.parametrize("overrides", [{"token_budget": 0}, {"token_budget": 16, "chunk_align": 32}])
+def test_bad_budget_is_a_config_error(overrides):
     with pytest.raises(ConfigError, match="token_budget"):
-        create_scheduler("sarathi", token_budget=0)
+        create_scheduler("sarathi", **overrides)

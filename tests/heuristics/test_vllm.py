@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import pytest
+
+from runtime.core.errors import ConfigError
 from runtime.core.outputs import StepResult
 from runtime.core.request import RequestStatus
 from tests.conftest import create_block_manager, create_requests, create_scheduler
@@ -71,9 +74,30 @@ def test_chunked_prefill_mode_is_stall_free():
     assert out.num_scheduled_tokens == {"r0": 18}
 
 
-def test_prompt_longer_than_step_cap_is_rejected_with_reason():
-    s = create_scheduler("vllm", max_num_batched_tokens=100)
-    (r,) = create_requests(1, num_prompt_tokens=95, max_tokens=10)
-    s.add_request(r)
-    assert r.status == RequestStatus.FINISHED_REJECTED and "100" in r.rejection_reason
-    assert not s.has_unfinished_requests()
+def test_request_whose_recompute_exceeds_step_cap_is_rejected_with_reason():
+    s = create_scheduler("vllm", max_num_batched_tokens=100, max_num_seqs=16)
+    fits, too_long = create_requests(2, num_prompt_tokens=[95, 95], max_tokens=[6, 7])
+    s.add_request(fits)  # its longest recompute is 95 + 6 - 1 = 100 tokens
+    s.add_request(too_long)
+    assert fits.status == RequestStatus.WAITING
+    assert too_long.status == RequestStatus.FINISHED_REJECTED and "101" in too_long.rejection_reason
+    assert [r.req_id for r in s.waiting] == ["r0"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"max_num_batched_tokens": 100, "max_num_seqs": 256}, "max_num_seqs"),
+    ({"chunked_prefill": True, "max_num_batched_tokens": 16, "chunk_align": 32}, "chunk_align"),
+    ({"preemption_mode": "swap"}, "preemption_mode"),
+])
+def test_impossible_configs_are_config_errors(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        create_scheduler("vllm", **overrides)
+
+
+def test_victim_ties_on_arrival_time_go_by_arrival_order():
+    bm = create_block_manager(num_blocks=64, block_size=4)
+    s = create_scheduler("vllm", block_manager=bm, max_model_len=64)
+    reqs = create_requests(12, num_prompt_tokens=4, max_tokens=3)  # all arrive at t=0
+    for r in reqs:
+        s.add_request(r)
+    assert s.pick_victim(list(reqs)) is reqs[-1]  # r11, not "r9" by string order

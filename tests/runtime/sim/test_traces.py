@@ -18,7 +18,7 @@ GOOD_AZURE = (
     AZURE_HEADER
     + "2023-11-16 18:15:46.6805900,374,44\n"
     + "2023-11-16 18:15:50.9951690,396,109\n"
-    + "2023-11-16 18:15:50.9951690,0,7\n"
+    + "2023-11-16 18:15:50.9951690,1,7\n"
 )
 LENGTH_HEADER = "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n"
 
@@ -33,7 +33,7 @@ def test_read_azure_trace(tmp_path):
     frame = read_azure_trace(_write(tmp_path, GOOD_AZURE))
     assert list(frame.columns) == ["arrival_time", "num_prompt_tokens", "num_output_tokens"]
     np.testing.assert_allclose(frame["arrival_time"], [0.0, 4.314579, 4.314579])
-    assert frame["num_prompt_tokens"].tolist() == [374, 396, 0]
+    assert frame["num_prompt_tokens"].tolist() == [374, 396, 1]
     assert frame["num_output_tokens"].dtype == np.int64
 
 
@@ -59,7 +59,9 @@ def test_read_length_trace_ignores_extra_columns(tmp_path):
         (AZURE_HEADER + "2023-11-16 18:15:46,3,NaN\n", "data row 1 .*GeneratedTokens.*missing value \\('NaN'\\)"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,0\n", "data row 1 .*GeneratedTokens.*output length must be >= 1"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,-2\n", "GeneratedTokens.*output length must be >= 1"),
-        (AZURE_HEADER + "2023-11-16 18:15:46,3,4\n2023-11-16 18:15:47,-1,4\n", "data row 2 .*ContextTokens.*prompt length must be >= 0"),
+        (AZURE_HEADER + "2023-11-16 18:15:46,3,4\n2023-11-16 18:15:47,-1,4\n", "data row 2 .*ContextTokens.*prompt length must be >= 1"),
+        (AZURE_HEADER + "2023-11-16 18:15:46,0,4\n", "data row 1 .*ContextTokens.*prompt length must be >= 1"),
+        (AZURE_HEADER + "2023-11-16 18:15:46,1e30,4\n", "data row 1 .*ContextTokens.*implausibly large"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3.5,4\n", "ContextTokens.*not an integer"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,4\nyesterday,3,4\n", "data row 2 .*TIMESTAMP.*unparsable timestamp 'yesterday'"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,4\n,3,4\n", "data row 2 .*TIMESTAMP.*missing value"),
