@@ -67,6 +67,9 @@ class BaseScheduler:
         self._arrival_order: dict[str, int] = {}
         self._num_added = 0
         self._step_preempted: list[str] = []
+        # The decodes of the step being built, as objects (see _schedule_decodes / update_from_output).
+        self._step_output: SchedulerOutput | None = None
+        self._step_decodes: list[Request] = []
 
     # Intake ----------------------------------------------------------------------------------------------------
     def rejection_reason(self, request: Request) -> str | None:
@@ -175,36 +178,46 @@ class BaseScheduler:
         """Give each of ``decodes`` (a snapshot, in priority order) one token, preempting when KV runs out.
 
         Only the first ``limit`` decodes are considered; returns how many were scheduled. This is the simulator's
-        hot loop (about 90 decodes a step on the Azure trace), so the bookkeeping is inlined and only a decode
-        that opens a new KV block calls into the block manager.
+        hot loop (about 90 decodes a step on the Azure trace): the loop only advances counters, and only a decode
+        that opens a new KV block calls into the block manager; the output's lists are built afterwards in bulk.
         """
         bm = self.block_manager
         tables = bm.tables
         block_size = bm.block_size
-        scheduled = output.num_scheduled_tokens
-        decode_ids = output.decode_req_ids
-        add_id = decode_ids.append
-        add_ctx = output.decode_context_lens.append
-        first = len(decode_ids)
         running = RequestStatus.RUNNING
+        batch = decodes if len(decodes) <= limit else decodes[:limit]
         preempted_any = False
-        for request in decodes if len(decodes) <= limit else decodes[:limit]:
+        for request in batch:
             if preempted_any and request.status != running:
                 continue  # preempted earlier in this loop
-            req_id = request.req_id
             ctx = request.num_computed_tokens + 1
             # Only a token that opens a new block can need one (tables never fall short of computed tokens).
-            if not (ctx - 1) % block_size and ctx > len(tables[req_id]) * block_size \
-                    and not bm.append_slot(req_id, ctx):
+            if not (ctx - 1) % block_size and ctx > len(tables[request.req_id]) * block_size \
+                    and not bm.append_slot(request.req_id, ctx):
                 preempted_any = True
-                if not self._preempt_until_slot(request, now, {*scheduled, *decode_ids}):
+                if not self._preempt_until_slot(request, now, self._scheduled_ids(output, batch, request)):
                     continue
             request.num_computed_tokens = ctx
-            add_id(req_id)
-            add_ctx(ctx)
-        # One C-level call instead of a dict store per decode.
-        scheduled.update(dict.fromkeys(decode_ids[first:], 1))
-        return len(decode_ids) - first
+        if preempted_any:
+            batch = [r for r in batch if r.status == running]
+        ids = [r.req_id for r in batch]
+        output.decode_req_ids += ids
+        output.decode_context_lens += [r.num_computed_tokens for r in batch]
+        if output.num_scheduled_tokens:
+            output.num_scheduled_tokens.update(dict.fromkeys(ids, 1))
+        else:
+            output.num_scheduled_tokens = dict.fromkeys(ids, 1)
+        # update_from_output reuses the objects instead of looking every id up again.
+        if self._step_output is not output:
+            self._step_output, self._step_decodes = output, []
+        self._step_decodes += batch
+        return len(batch)
+
+    @staticmethod
+    def _scheduled_ids(output: SchedulerOutput, batch: list[Request], current: Request) -> set[str]:
+        """Ids already in this step: the output's, plus the decodes of ``batch`` before ``current`` (rare path)."""
+        before = batch[:batch.index(current)]
+        return {*output.num_scheduled_tokens, *(r.req_id for r in before if r.status == RequestStatus.RUNNING)}
 
     def _add_chunk(self, output: SchedulerOutput, request: Request, num_new_tokens: int) -> None:
         """Schedule a prefill chunk (its KV must already be allocated); the final chunk samples a token."""
@@ -284,8 +297,10 @@ class BaseScheduler:
         finished: list[Request] = []
         add_finished = finished.append
         # Decodes: the hot loop (no first-token case: a decode has sampled before).
-        for req_id in output.decode_req_ids:
-            request = requests[req_id]
+        decodes = self._step_decodes if output is self._step_output else None
+        if decodes is None or len(decodes) != len(output.decode_req_ids):
+            decodes = [requests[req_id] for req_id in output.decode_req_ids]
+        for request in decodes:
             num_output_tokens = request.num_output_tokens + 1
             request.num_output_tokens = num_output_tokens
             request.token_times.append(now)

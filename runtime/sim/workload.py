@@ -20,6 +20,8 @@ The YAML gives the scalars and dicts; the CLI passes the run-time objects ``slo_
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -102,10 +104,11 @@ class Workload:
         """Every not-yet-released request with ``arrival_time <= now``, in arrival order; each is released once."""
         if now < self._next_time:
             return []
+        rows = self._python_rows()
         start = self._cursor
-        end = int(np.searchsorted(self.arrival_time, now, side="right"))
+        end = bisect_right(rows[0], now, start)
         self._cursor = end
-        self._next_time = float(self.arrival_time[end]) if end < self._num else float("inf")
+        self._next_time = rows[0][end] if end < self._num else float("inf")
         return [self._request(i) for i in range(start, end)]
 
     # Inspection ----------------------------------------------------------------------------------------------------
@@ -136,11 +139,14 @@ class Workload:
     def __repr__(self) -> str:
         return f"Workload({self.name!r}, num_requests={len(self)}, apps={self.apps}, released={self._cursor})"
 
-    def _request(self, i: int) -> Request:
+    def _python_rows(self) -> tuple[list, list, list, list]:
         if self._rows is None:
-            # Python lists once: indexing numpy arrays element by element costs more than the Request itself.
+            # Python lists, made once: per-element numpy indexing costs more than building the Request itself.
             self._rows = (self.arrival_time.tolist(), self.num_prompt_tokens.tolist(), self.num_output_tokens.tolist(),
                           self.app_index.tolist())
+        return self._rows
+
+    def _request(self, i: int) -> Request:
         arrival, prompt, output, app_index = self._rows
         app, slo, ttft, tbt = self._app_info[app_index[i]]
         return Request(
