@@ -122,9 +122,6 @@ class BaseScheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.decoding or self.prefilling)
 
-    def get_num_unfinished_requests(self) -> int:
-        return len(self.waiting) + self.num_running
-
     # Policy hooks ----------------------------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:  # pragma: no cover - abstract
         raise NotImplementedError

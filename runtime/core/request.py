@@ -102,11 +102,6 @@ class Request:
         return self.num_prompt_tokens + self.num_output_tokens - self.num_computed_tokens
 
     @property
-    def is_prefill(self) -> bool:
-        """True while more than the last sampled token is missing from the KV cache (a prompt or a recompute)."""
-        return self.num_prompt_tokens + self.num_output_tokens - self.num_computed_tokens > 1 or self.num_output_tokens == 0
-
-    @property
     def is_finished(self) -> bool:
         return self.status > RequestStatus.PREEMPTED
 

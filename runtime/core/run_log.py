@@ -33,9 +33,8 @@ class IterationLog:
     def log_step(self, start: float, output: SchedulerOutput, step_time: float) -> None:
         self.start.append(start)
         self.duration.append(step_time)
-        decode = len(output.decode_context_lens)
-        self.prefill_tokens.append(sum([c for c, _ in output.prefill_chunks]) if output.prefill_chunks else 0)
-        self.decode_tokens.append(decode)
+        self.prefill_tokens.append(output.num_prefill_tokens if output.prefill_chunks else 0)
+        self.decode_tokens.append(output.num_decode_tokens)
         self.batch_size.append(len(output.num_scheduled_tokens))
         self.kv_blocks_used.append(output.num_used_blocks)
         self.preempted.append(len(output.preempted_req_ids))
