@@ -19,6 +19,28 @@ from runtime.core.errors import ConfigError
 from runtime.core.outputs import SchedulerOutput
 
 
+def auto_token_budget(cost_model, slo_classes, *, chunk_align: int, max_budget: int, decode_batch: int,
+                      decode_context: int) -> int:
+    """The largest ``chunk_align``-multiple budget whose reference hybrid step meets the tightest TBT SLO."""
+    if cost_model is None or not slo_classes:
+        raise ConfigError("scheduler.token_budget=auto needs a cost model and SLO classes; give an integer instead")
+    target = min(c.tbt_slo_s for c in slo_classes.values())
+    decodes = [decode_context] * decode_batch
+
+    def fits(tokens: int) -> bool:
+        return cost_model.predict([(tokens, 0)], decodes) <= target
+
+    lo, hi = 0, max_budget // chunk_align  # in units of chunk_align; T̂ is monotone, so bisect
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid * chunk_align):
+            lo = mid
+        else:
+            hi = mid - 1
+    # NOTE(accelgen): if even one aligned chunk misses the SLO, keep one chunk: Sarathi cannot do less.
+    return max(lo, 1) * chunk_align
+
+
 class SarathiScheduler(BaseScheduler):
     def __init__(
         self,
@@ -35,33 +57,15 @@ class SarathiScheduler(BaseScheduler):
             raise ConfigError(f"scheduler.chunk_align must be >= 1, got {chunk_align}")
         self.chunk_align = chunk_align
         if token_budget == "auto":
-            token_budget = self.auto_token_budget(max_budget, auto_decode_batch, auto_decode_context)
+            token_budget = auto_token_budget(self.cost_model, self.slo_classes, chunk_align=chunk_align,
+                                             max_budget=max_budget, decode_batch=auto_decode_batch,
+                                             decode_context=auto_decode_context)
         if not isinstance(token_budget, int) or token_budget < 1:
             raise ConfigError(f"scheduler.token_budget must be a positive integer or 'auto', got {token_budget!r}")
         if token_budget < chunk_align:
             # Every chunk would round down to zero tokens and no prompt could start.
             raise ConfigError(f"scheduler.token_budget={token_budget} must be >= scheduler.chunk_align={chunk_align}")
         self.token_budget = token_budget
-
-    def auto_token_budget(self, max_budget: int, decode_batch: int, decode_context: int) -> int:
-        if self.cost_model is None or not self.slo_classes:
-            raise ConfigError("scheduler.token_budget=auto needs a cost model and SLO classes; give an integer instead")
-        target = min(c.tbt_slo_s for c in self.slo_classes.values())
-        decodes = [decode_context] * decode_batch
-        align = self.chunk_align
-
-        def fits(tokens: int) -> bool:
-            return self.cost_model.predict([(tokens, 0)], decodes) <= target
-
-        lo, hi = 0, max_budget // align  # in units of chunk_align; T̂ is monotone, so bisect
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid * align):
-                lo = mid
-            else:
-                hi = mid - 1
-        # NOTE(accelgen): if even one aligned chunk misses the SLO, keep one chunk: Sarathi cannot do less.
-        return max(lo, 1) * align
 
     def schedule(self, now: float) -> SchedulerOutput:
         return self._schedule_stall_free(now, self.token_budget, self.chunk_align)

@@ -31,6 +31,11 @@ VARIANTS = [(name, {}) for name in SCHEDULERS] + [
     ("vllm", {"chunked_prefill": True, "max_num_batched_tokens": 64}),
     ("sarathi", {"token_budget": 8, "chunk_align": 4}),
     ("orca", {"max_num_batched_tokens": 300}),
+    ("accelgen", {"dynamic_chunking": False, "token_budget": 64}),
+    ("accelgen", {"slo_priority": False, "multi_resource": False}),
+    ("accelgen", {"len_estimator": "oracle", "group_by": "ratio", "slo_semantics": "iteration", "demote_lost": False,
+                  "preempt_victim": "latest_arrival"}),
+    ("accelgen", {"max_budget": 40, "chunk_align": 8, "min_chunk": 16, "scan_limit": 1}),
 ]
 
 
