@@ -32,9 +32,18 @@ only loose ones remain. Off: a fixed ``token_budget`` (Sarathi-Serve's ``auto`` 
 **Component 2, prioritisation.** Candidates (partial prefills and the waiting queue) in order of
 ``(σ_r, S^tbt_r, a_r)``. The least-slack candidate's group (``group_by: class``, or ``ratio``: ``S^tbt``
 within a factor ``group_ratio``) is the anchor; a candidate is eligible if it is in the anchor group, urgent
-(``σ_r < urgent_frac·S^ttft_r``) or its cap does not lower ``C``. Urgent candidates go first in slack order.
-Only the first ``scan_limit`` eligible candidates are considered. Off: FCFS (partials, then the queue as
+(``σ_r < urgent_frac·S^ttft_r``) or its cap is at least ``min(C, cap_anchor)`` (a request as loose as the batch
+cannot shrink its budget; with no decodes ``C = ∞`` and the anchor's cap is the batch's). Urgent candidates go
+first in slack order. Only the first ``scan_limit`` eligible candidates are considered. Without dynamic
+chunking there is no cap to protect, so every candidate is eligible. Off: FCFS (partials, then the queue as
 Sarathi-Serve keeps it), every candidate eligible, none urgent.
+
+``demote_lost`` [our design choice]: a prefill candidate with ``σ_r < 0`` cannot meet its TTFT any more, so it
+goes after every feasible one (still served, oldest first). Strict slack order would serve the most hopeless
+request first, and under overload that lateness cascades to every request behind it (the earliest-deadline-first
+domino effect). Measured on the default mixed workload, 1000 requests: SLO attainment 0.92 vs 0.51 at 4 req/s and
+0.79 vs 0.20 at 5 req/s with and without it, mean JCT 18.4 vs 19.3 s and 30.7 vs 38.8 s; the price is the lost
+requests' tail (p99 TTFT 77 vs 17 s at 4 req/s).
 
 **Component 3, multi-resource batching.** Non-urgent eligible candidates are taken greedily by
 
@@ -45,14 +54,16 @@ Sarathi-Serve keeps it), every candidate eligible, none urgent.
 resource still plentiful gets filled; ties: smaller slack, then partial prefills, so started prompts finish).
 Admission is guarded by the projected KV ``Σ_{r∈running∪new} blocks(p_r + max(g_r + 1, ô_r)) ≤ (1 −
 kv_headroom)·M`` (``ô`` from ``len_estimator``); with ``ô = o`` it removes KV-caused preemption. A request that
-fails the guard or the allocation is skipped, not a barrier. Off: first-fit in candidate order, whole-prompt
-allocation with the watermark only, the first failure stops admission (Sarathi-Serve).
+fails the guard or the allocation is skipped, not a barrier (both only tighten as the step fills, so such a
+request is dropped from the step's candidates at once: a full cache costs one pass). Off: first-fit in candidate
+order, whole-prompt allocation with the watermark only, the first failure stops admission (Sarathi-Serve).
 
 A new request's whole prompt (plus outputs to recompute) is allocated at admission, as in vLLM, so a partial
 prefill never waits for KV. No new request is admitted in a step that preempted (re-admitting would thrash).
 Preemption is recompute; the victim (``preempt_victim: largest_slack``) is the unscheduled running request with
-the largest slack, ties by most KV held. If nothing fits (an SLO tighter than any chunk), the least-slack
-candidate runs one ``min_chunk`` chunk alone rather than stalling.
+the largest slack, ties by most KV held. If a step would be empty (no decodes, and no eligible candidate fits its
+cap), the first candidate in slack order whose chunk fits its own cap runs alone; if none does (an SLO tighter
+than any chunk), the least-slack one runs one ``min_chunk`` chunk (``last_plan.forced``) rather than stalling.
 """
 from __future__ import annotations
 
@@ -301,7 +312,7 @@ class AccelGenScheduler(BaseScheduler):
 
         admit_new = not self._step_preempted and self.num_running < self.max_num_seqs
         candidates = self._candidates(now, cap, admit_new)
-        plan.num_candidates = len(candidates)
+        plan.num_candidates = sum(map(len, candidates))
         budget_left = self.token_budget - num_tokens
         if dynamic:
             plan.budget_tokens = self._fit(batch, budget_left, 0, budget_left, cap, fresh=True)

@@ -71,3 +71,30 @@ def test_experiments_compose_and_build(option):
         pytest.skip("needs ../shared/data")
     parts = build(cfg)
     assert len(parts["workload"]) > 0 and parts["block_manager"].num_blocks > 0
+
+
+@pytest.mark.parametrize("option", options("ablation"))
+def test_ablation_variants_build_with_their_own_names(option):
+    cfg = compose_config([f"ablation={option}", "workload.num_requests=5"])
+    parts = build(cfg)
+    assert parts["scheduler"].name == cfg.scheduler.name
+    names = {compose_config([f"ablation={o}"]).scheduler.name for o in options("ablation")}
+    assert len(names) == len(options("ablation")), "two variants would share a row in the comparison table"
+
+
+def _sweep_values(option: str) -> list[tuple[str, str]]:
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(CONF_DIR / "experiment" / f"{option}.yaml").get("hydra", {}).get("sweeper", {})
+    return [(key, value.strip()) for key, values in (params.get("params") or {}).items()
+            for value in str(values).split(",")]
+
+
+@pytest.mark.parametrize("key, value", [kv for o in options("experiment") for kv in _sweep_values(o)] or [("", "")])
+def test_every_value_an_experiment_sweeps_builds(key, value):
+    if not key:
+        pytest.skip("no experiment sweeps")
+    for option in options("experiment"):
+        if (key, value) in _sweep_values(option):
+            parts = build(compose_config([f"experiment={option}", f"{key}={value}", "workload.num_requests=5"]))
+            assert len(parts["workload"]) == 5
