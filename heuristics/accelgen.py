@@ -386,6 +386,8 @@ class AccelGenScheduler(BaseScheduler):
             self._force_progress(output, now)
         plan.cap_s = cap
         plan.predicted_s = self.cost_model.predict(output.prefill_chunks, output.decode_context_lens)
+        if cap != _INF:
+            output.step_cap_s = cap
         return self._finish_output(output)
 
     def _candidates(self, now: float, cap: float, admit_new: bool) -> tuple[list[Request], list[Request], list[Request]]:

@@ -19,7 +19,8 @@ from runtime.core.outputs import SchedulerOutput
 class IterationLog:
     """Columnar per-step log (the ``iterations.parquet`` schema)."""
 
-    __slots__ = ("start", "duration", "prefill_tokens", "decode_tokens", "batch_size", "kv_blocks_used", "preempted")
+    __slots__ = ("start", "duration", "prefill_tokens", "decode_tokens", "batch_size", "kv_blocks_used", "preempted",
+                 "step_cap")
 
     def __init__(self) -> None:
         self.start: list[float] = []
@@ -29,6 +30,7 @@ class IterationLog:
         self.batch_size: list[int] = []
         self.kv_blocks_used: list[int] = []
         self.preempted: list[int] = []
+        self.step_cap: list[float] = []
 
     def log_step(self, start: float, output: SchedulerOutput, step_time: float) -> None:
         self.start.append(start)
@@ -38,6 +40,8 @@ class IterationLog:
         self.batch_size.append(len(output.num_scheduled_tokens))
         self.kv_blocks_used.append(output.num_used_blocks)
         self.preempted.append(len(output.preempted_req_ids))
+        cap = output.step_cap_s
+        self.step_cap.append(math.nan if cap is None else cap)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -53,6 +57,7 @@ class IterationLog:
                 "batch_size": pd.array(self.batch_size, dtype="int64"),
                 "kv_blocks_used": pd.array(self.kv_blocks_used, dtype="int64"),
                 "num_preempted": pd.array(self.preempted, dtype="int64"),
+                "step_cap_s": pd.array(self.step_cap, dtype="float64"),
             }
         )
 

@@ -253,6 +253,10 @@ def test_every_batch_with_a_prefill_meets_its_tightest_slo(seed, n, rate, num_bl
     executor = GuaranteeExecutor(s)
     result = Engine(scheduler=s, executor=executor, workload=wl, clock=VirtualClock()).run()
     assert all(r.is_finished for r in result.requests)
+    # The iteration log carries each step's cap: with an exact predictor no capped step overran it.
+    steps = result.iterations.to_frame()
+    capped = steps[steps.step_cap_s.notna() & (steps.prefill_tokens > 0)]
+    assert (capped.duration_s <= capped.step_cap_s + 1e-12).all()
     if tight_tbt == 0.002:  # below T̂'s 5 ms floor: no tight chunk is ever feasible, yet every request finishes
         tight = [r for r in result.requests if r.slo_class == "tight" and r.status == RequestStatus.FINISHED_STOPPED]
         assert executor.forced > 0 or not tight

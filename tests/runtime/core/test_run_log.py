@@ -19,6 +19,10 @@ def test_iteration_log_rows():
     row = log.to_frame().iloc[0]
     assert (row.start_time, row.duration_s, row.prefill_tokens, row.decode_tokens, row.batch_size,
             row.kv_blocks_used, row.num_preempted) == (1.5, 0.02, 100, 2, 3, 7, 1)
+    assert math.isnan(row.step_cap_s)  # no planned bound
+    out.step_cap_s = 0.05
+    log.log_step(1.52, out, 0.02)
+    assert log.to_frame().step_cap_s.iloc[1] == 0.05
 
 
 def test_json_has_no_nan_and_keeps_key_order(tmp_path):
