@@ -36,7 +36,7 @@ from hydra import compose, initialize_config_dir
 from tqdm.auto import tqdm
 
 from runtime.capacity_search import capacity_search, find_violations
-from runtime.cli import CONF_DIR, REPO_ROOT, _fill_paths, run
+from runtime.cli import CONF_DIR, REPO_ROOT, fill_paths, run
 from runtime.core.errors import AccelgenError, ConfigError
 
 SUITES = {
@@ -44,13 +44,10 @@ SUITES = {
         "accelgen": ["scheduler=accelgen"], "vllm": ["scheduler=vllm"], "orca": ["scheduler=orca"],
         "sarathi": ["scheduler=sarathi"],
     },
-    "ablation": {
-        "accelgen": ["scheduler=accelgen"],
-        "accelgen-no-chunking": ["scheduler=accelgen", "scheduler.dynamic_chunking=false"],
-        "accelgen-no-priority": ["scheduler=accelgen", "scheduler.slo_priority=false"],
-        "accelgen-no-multi-resource": ["scheduler=accelgen", "scheduler.multi_resource=false"],
-        **{f"sarathi-{b}": ["scheduler=sarathi", f"scheduler.token_budget={b}"] for b in (256, 512, 2048)},
-    },
+    # The named variants of conf/ablation (the same ones `accelgen -m experiment=accelgen_ablation` sweeps).
+    "ablation": {name: [f"ablation={name}"] for name in (
+        "accelgen", "no_dynamic_chunking", "no_slo_priority", "no_multi_resource", "sarathi_256", "sarathi_512",
+        "sarathi_2048")},
 }
 FULL = dict(workloads=["mixed", "conversation", "code", "arxiv"],
             models=["llama2_7b:a100_80g", "llama3_8b:a100_80g"], num_requests=1000, grid_points=8,
@@ -91,7 +88,7 @@ def compose_cfg(overrides):
 def inspect_workload(name: str) -> WorkloadSpec:
     """How to set a workload's rate and size, decided from its composed config rather than its name."""
     cfg = compose_cfg([f"workload={name}"])
-    _fill_paths(cfg)
+    fill_paths(cfg)
     wl = cfg.workload
     if "arrival" in wl:
         rate_key, start_rate = "workload.arrival.rate", float(wl.arrival.rate)

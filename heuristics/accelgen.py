@@ -50,8 +50,11 @@ requests' tail (p99 TTFT 77 vs 17 s at 4 req/s).
     score_r = w_comp · (d_comp(r)/P_rem)·(P_rem/P) + w_kv · (d_kv(r)/F_rem)·(F_rem/F)
     d_comp(r) = min(m_r, P_rem),   d_kv(r) = blocks(p_r + ô_r) − held_r,   F = free blocks − kv_headroom·M
 
-(the demand vector normalised by what is left, weighted by how much is left: a Tetris-style alignment, so the
-resource still plentiful gets filled; ties: smaller slack, then partial prefills, so started prompts finish).
+as specified (algorithms.md §5: the demand normalised by what is left, weighted by how much is left). The
+normalisation cancels: ``score_r = w_comp·d_comp(r)/P + w_kv·d_kv(r)/F`` with ``P, F`` fixed for the step, so
+the rule prefers the largest combined demand (a long prompt while compute is idle, a long expected output for
+KV), and what is left enters only through ``d_comp = min(m_r, P_rem)`` and the admission checks below. Ties:
+smaller slack, then partial prefills, so started prompts finish.
 Admission is guarded by the projected KV ``Σ_{r∈running∪new} blocks(p_r + max(g_r + 1, ô_r)) ≤ (1 −
 kv_headroom)·M`` (``ô`` from ``len_estimator``); with ``ô = o`` it removes KV-caused preemption. A request that
 fails the guard or the allocation is skipped, not a barrier (both only tighten as the step fills, so such a
@@ -60,8 +63,9 @@ order, whole-prompt allocation with the watermark only, the first failure stops 
 
 A new request's whole prompt (plus outputs to recompute) is allocated at admission, as in vLLM, so a partial
 prefill never waits for KV. No new request is admitted in a step that preempted (re-admitting would thrash).
-Preemption is recompute; the victim (``preempt_victim: largest_slack``) is the unscheduled running request with
-the largest slack, ties by most KV held. If a step would be empty (no decodes, and no eligible candidate fits its
+Preemption is recompute; the victim (``preempt_victim: auto``: ``largest_slack`` with ``slo_priority``, else
+Sarathi-Serve's ``latest_arrival``) is the unscheduled running request with the largest slack, ties by most KV
+held. If a step would be empty (no decodes, and no eligible candidate fits its
 cap), the first candidate in slack order whose chunk fits its own cap runs alone; if none does (an SLO tighter
 than any chunk), the least-slack one runs one ``min_chunk`` chunk (``last_plan.forced``) rather than stalling.
 """
@@ -148,7 +152,7 @@ class AccelGenScheduler(BaseScheduler):
         len_window: int = 1000,
         scan_limit: int = 64,
         demote_lost: bool = True,
-        preempt_victim: str = "largest_slack",
+        preempt_victim: str = "auto",
         slo_semantics: str = "gap",
         bound_prefill_iterations: bool = True,
         **base,
@@ -168,8 +172,8 @@ class AccelGenScheduler(BaseScheduler):
             (w_comp >= 0.0 and w_kv >= 0.0, f"scheduler.w_comp and w_kv must be >= 0, got {w_comp!r}, {w_kv!r}"),
             (0.0 <= kv_headroom < 1.0, f"scheduler.kv_headroom must be in [0, 1), got {kv_headroom!r}"),
             (scan_limit >= 1, f"scheduler.scan_limit must be >= 1, got {scan_limit!r}"),
-            (preempt_victim in ("largest_slack", "latest_arrival"),
-             f"scheduler.preempt_victim must be 'largest_slack' or 'latest_arrival', got {preempt_victim!r}"),
+            (preempt_victim in ("auto", "largest_slack", "latest_arrival"),
+             f"scheduler.preempt_victim must be 'auto', 'largest_slack' or 'latest_arrival', got {preempt_victim!r}"),
             (slo_semantics in ("gap", "iteration"),
              f"scheduler.slo_semantics must be 'gap' or 'iteration', got {slo_semantics!r}"),
         ]
@@ -272,7 +276,7 @@ class AccelGenScheduler(BaseScheduler):
         self._enqueue(request)
 
     def pick_victim(self, candidates: list[Request]) -> Request:
-        if self.preempt_victim == "latest_arrival":
+        if self.preempt_victim == "latest_arrival" or (self.preempt_victim == "auto" and not self.slo_priority):
             return super().pick_victim(candidates)
         tables, now = self.block_manager.tables, self._now
         return max(candidates, key=lambda r: (self.slack(r, now), len(tables.get(r.req_id, ()))))
@@ -289,50 +293,70 @@ class AccelGenScheduler(BaseScheduler):
         self._now = now
         output = self._new_output()
         plan = self.last_plan = StepPlan()
-        margin = 1.0 - self.margin
-        dynamic = self.dynamic_chunking
-
-        decodes = self.decoding
-        if self.slo_priority:
-            decodes = sorted(decodes, key=lambda r: r.token_times[-1] + r.tbt_slo_s)
+        # A snapshot: preemption removes requests from self.decoding while the decodes are scheduled.
+        decodes = sorted(self.decoding, key=lambda r: r.token_times[-1] + r.tbt_slo_s) if self.slo_priority \
+            else list(self.decoding)
         self._schedule_decodes(output, decodes, now, self.token_budget)
         batch = _BatchTime(self.cost_model, output.decode_context_lens)
-        num_tokens = batch.num_decodes
-
-        cap = _INF
-        if dynamic and batch.num_decodes:
-            decode_time = batch.with_chunk(0, 0)
-            iteration = self.slo_semantics == "iteration"
-            for r in self._step_decodes:
-                r_cap = margin * (r.tbt_slo_s if iteration else r.token_times[-1] + r.tbt_slo_s - now)
-                if r_cap < decode_time:  # the gap is lost already: keep only the iteration-time bound
-                    r_cap = margin * r.tbt_slo_s
-                if r_cap < cap:
-                    cap = r_cap
-
+        cap = self._decode_cap(batch, now) if self.dynamic_chunking else _INF
         admit_new = not self._step_preempted and self.num_running < self.max_num_seqs
         candidates = self._candidates(now, cap, admit_new)
         plan.num_candidates = sum(map(len, candidates))
-        budget_left = self.token_budget - num_tokens
-        if dynamic:
-            plan.budget_tokens = self._fit(batch, budget_left, 0, budget_left, cap, fresh=True)
-        else:
-            plan.budget_tokens = budget_left
+        budget_left = self.token_budget - batch.num_decodes
+        plan.budget_tokens = self._fit(batch, budget_left, 0, budget_left, cap, fresh=True) \
+            if self.dynamic_chunking else budget_left
+        cap = self._add_prefills(output, batch, cap, budget_left, admit_new, candidates, now)
+        if not output.num_scheduled_tokens:
+            self._force_progress(output, now)
+        plan.cap_s = cap
+        plan.predicted_s = self.cost_model.predict(output.prefill_chunks, output.decode_context_lens)
+        if cap != _INF:
+            output.step_cap_s = cap
+        # The guarantee (module docstring): a step with a prefill chunk meets its tightest member's cap.
+        assert plan.forced or not output.prefill_chunks or plan.predicted_s <= cap * (1 + 1e-9), (plan, output)
+        return self._finish_output(output)
 
+    def _decode_cap(self, batch: _BatchTime, now: float) -> float:
+        """``C``: the tightest cap among the step's decodes (∞ if none constrains)."""
+        if not batch.num_decodes:
+            return _INF
+        margin = 1.0 - self.margin
+        decode_time = batch.with_chunk(0, 0)
+        iteration = self.slo_semantics == "iteration"
+        cap = _INF
+        for r in self._step_decodes:
+            r_cap = margin * (r.tbt_slo_s if iteration else r.token_times[-1] + r.tbt_slo_s - now)
+            if r_cap < decode_time:
+                # The gap is lost already: keep only the iteration-time bound, and not even that if the decodes
+                # alone break it (no batch containing r can meet it; honouring it would only starve prefills).
+                r_cap = margin * r.tbt_slo_s
+                if r_cap < decode_time:
+                    continue
+            if r_cap < cap:
+                cap = r_cap
+        return cap
+
+    def _add_prefills(self, output: SchedulerOutput, batch: _BatchTime, cap: float, budget_left: int,
+                      admit_new: bool, candidates: tuple[list[Request], list[Request], list[Request]],
+                      now: float) -> float:
+        """Add prefill chunks in priority order (urgent, then packed, then lost); returns the final cap ``C``.
+
+        Without dynamic chunking, chunks and stops follow Sarathi-Serve exactly: a chunk is the budget left
+        (aligned) or the whole remainder; when none fits, partials stop, and a new prompt that does not fit stops
+        admission.
+        """
+        dynamic, guard = self.dynamic_chunking, self.multi_resource
         bm = self.block_manager
-        guard = self.multi_resource
         limit_blocks = (1.0 - self.kv_headroom) * bm.num_blocks
         projected = self._projected_blocks() if guard and admit_new else 0
-        urgent, rest, lost = candidates
-        urgent.reverse()
-        lost.reverse()
+        urgent, rest, lost = (list(reversed(c)) for c in candidates)  # stacks: pop() gives the next
         scoring = guard and len(rest) > 1
-        if not scoring:
+        if scoring:
             rest.reverse()
-        p_total = max(plan.budget_tokens, 1)
+        p_total = max(self.last_plan.budget_tokens, 1)
         f_total = bm.num_free_blocks - self.kv_headroom * bm.num_blocks
+        stop_partials = False
         while True:
-            # Urgent ones in slack order, then the rest (packed by score), then the lost ones.
             if urgent:
                 request = urgent.pop()
             elif rest:
@@ -349,11 +373,9 @@ class AccelGenScheduler(BaseScheduler):
                 request = lost.pop()
             else:
                 break
-            if request.status == RequestStatus.RUNNING:
-                r_cap = min(cap, self._prefill_cap(request)) if dynamic else _INF
-                c = self._fit(batch, request.num_uncomputed_tokens, request.num_computed_tokens, budget_left, r_cap,
-                              fresh=False)
-                if c == 0:
+            is_partial = request.status == RequestStatus.RUNNING
+            if is_partial:
+                if stop_partials:
                     continue
             else:
                 if not admit_new or self.num_running >= self.max_num_seqs:
@@ -361,34 +383,44 @@ class AccelGenScheduler(BaseScheduler):
                 need = self._projected_of(request)
                 if guard and projected + need > limit_blocks and bm.num_used_blocks:
                     continue
-                r_cap = min(cap, self._prefill_cap(request)) if dynamic else _INF
-                c = self._fit(batch, request.num_uncomputed_tokens, 0, budget_left, r_cap, fresh=False)
+            remaining = request.num_uncomputed_tokens
+            if dynamic:
+                r_cap = min(cap, self._prefill_cap(request))
+                c = self._fit(batch, remaining, request.num_computed_tokens, budget_left, r_cap, fresh=False)
                 if c == 0:
                     continue
+            else:
+                r_cap = _INF
+                c = self._chunk_size(remaining, budget_left, self.chunk_align)
+                if c <= 0:
+                    if is_partial:
+                        stop_partials = True
+                    else:
+                        admit_new = False
+                    continue
+            if not is_partial:
                 if not bm.allocate_slots(request.req_id, request.num_tokens, use_watermark=True):
-                    if guard:
-                        continue
-                    admit_new = False  # first-fit (Sarathi-Serve): the first request that does not fit stops admission
+                    if not guard:
+                        admit_new = False  # first fit (Sarathi-Serve): the first prompt that does not fit stops admission
                     continue
                 projected += need
                 self._dequeue(request)
                 self._admit(request, now)
             self._add_chunk(output, request, c)
             batch.add(c, request.num_computed_tokens - c)
-            num_tokens += c
             budget_left -= c
             if r_cap < cap:
                 cap = r_cap
-            if budget_left < self.min_chunk or (dynamic and batch.with_chunk(self.min_chunk, 0) > cap):
+            if budget_left <= 0:
                 break
-
-        if not output.num_scheduled_tokens:
-            self._force_progress(output, now)
-        plan.cap_s = cap
-        plan.predicted_s = self.cost_model.predict(output.prefill_chunks, output.decode_context_lens)
-        if cap != _INF:
-            output.step_cap_s = cap
-        return self._finish_output(output)
+            if dynamic and (budget_left < self.min_chunk or batch.with_chunk(self.min_chunk, 0) > cap):
+                # No aligned chunk fits any more; only a whole remainder shorter than min_chunk still might.
+                small = self.min_chunk
+                urgent, rest, lost = ([r for r in c if r.num_uncomputed_tokens < small] for c in (urgent, rest, lost))
+                if not (urgent or rest or lost):
+                    break
+        assert budget_left >= 0
+        return cap
 
     def _candidates(self, now: float, cap: float, admit_new: bool) -> tuple[list[Request], list[Request], list[Request]]:
         """``(urgent, rest, lost)``: eligible prefill candidates, each list in slack order.
@@ -403,10 +435,15 @@ class AccelGenScheduler(BaseScheduler):
         partials = [r for r in self.prefilling if r.status == RequestStatus.RUNNING]
         self._step_slack = slack = {}
         if not self.slo_priority:
-            ordered = partials + (list(itertools.islice(self.waiting, limit)) if admit_new else [])
-            for r in ordered[:limit]:
+            # FCFS. With first-fit admission the scan stops at the first misfit, so it needs no limit (as in
+            # Sarathi-Serve); the packing score looks at the first scan_limit only.
+            queued = (list(itertools.islice(self.waiting, limit)) if self.multi_resource else list(self.waiting)) \
+                if admit_new else []
+            for r in queued:
                 slack[r.req_id] = 0.0
-            return [], ordered[:limit], []
+            for r in partials:
+                slack[r.req_id] = 0.0
+            return [], partials + queued, []
         queue = self._queue if admit_new else []
         lost_keys: list[tuple] = []
         keyed = sorted(self._prefill_key(r, 0) for r in partials)

@@ -39,7 +39,8 @@ SUMMARY_KEYS_SHOWN = (
 )
 
 
-def _fill_paths(cfg: DictConfig) -> None:
+def fill_paths(cfg: DictConfig) -> None:
+    """Default ``paths.shared_data`` to ``../shared/data`` beside the repo."""
     with open_dict(cfg):
         if cfg.paths.get("shared_data") in (None, ""):
             cfg.paths.shared_data = str((REPO_ROOT.parent / "shared" / "data").resolve())
@@ -72,7 +73,7 @@ def _check_run_keys(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> dict:
     """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
-    _fill_paths(cfg)
+    fill_paths(cfg)
     _check_run_keys(cfg)
     model = _instantiate(cfg.model)
     hardware = _instantiate(cfg.hardware)
