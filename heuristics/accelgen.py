@@ -41,9 +41,10 @@ Sarathi-Serve keeps it), every candidate eligible, none urgent.
 ``demote_lost`` [our design choice]: a prefill candidate with ``σ_r < 0`` cannot meet its TTFT any more, so it
 goes after every feasible one (still served, oldest first). Strict slack order would serve the most hopeless
 request first, and under overload that lateness cascades to every request behind it (the earliest-deadline-first
-domino effect). Measured on the default mixed workload, 1000 requests: SLO attainment 0.92 vs 0.51 at 4 req/s and
-0.79 vs 0.20 at 5 req/s with and without it, mean JCT 18.4 vs 19.3 s and 30.7 vs 38.8 s; the price is the lost
-requests' tail (p99 TTFT 77 vs 17 s at 4 req/s).
+domino effect). Measured on the default mixed workload, 1000 requests (``accelgen scheduler=accelgen
+scheduler.demote_lost=true|false workload.arrival.rate=4|5``): SLO attainment 0.91 vs 0.50 at 4 req/s and 0.81 vs
+0.22 at 5 req/s, mean JCT 18.3 vs 19.3 s and 30.1 vs 38.7 s; the price is the lost requests' tail (p99 TTFT 81 vs
+18 s at 4 req/s).
 
 **Component 3, multi-resource batching.** Non-urgent eligible candidates are taken greedily by
 
