@@ -11,7 +11,6 @@ requests ("256 queued"). Sarathi-Serve is timed the same way for reference.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from runtime.cli import CONF_DIR, build
 from runtime.core.clock import VirtualClock
 from runtime.core.engine import Engine
+from runtime.core.run_log import write_json
 
 BINS = [(0, 64), (64, 128), (128, 224), (224, 288), (288, 512), (512, 1024), (1024, 1 << 30)]
 TARGET_BIN = (224, 288)
@@ -74,17 +74,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     results = [measure(name, args.rate, args.num_requests, args.overrides) for name in args.schedulers]
     for res in results:
-        print(f"\n{res['scheduler']}: {res['steps']} steps; median {res['median_us_at_256_queued']:.1f} us "
-              f"(p90 {res['p90_us_at_256_queued']:.1f} us) over {res['steps_at_256_queued']} steps with 224-288 queued")
+        if res["steps_at_256_queued"]:
+            print(f"\n{res['scheduler']}: {res['steps']} steps; median {res['median_us_at_256_queued']:.1f} us "
+                  f"(p90 {res['p90_us_at_256_queued']:.1f} us) over {res['steps_at_256_queued']} steps with 224-288 queued")
+        else:
+            print(f"\n{res['scheduler']}: {res['steps']} steps; the queue never held 224-288 requests (raise --rate or "
+                  f"--num-requests)")
         print(f"  {'queued':>10} {'steps':>7} {'median_us':>10} {'p90_us':>8} {'running':>8}")
         for row in res["bins"]:
             print(f"  {row['queued']:>10} {row['steps']:>7} {row['median_us']:>10.1f} {row['p90_us']:>8.1f} "
                   f"{row['mean_running']:>8.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-                               "results": results}, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+                          "results": results})
     return results
 
 

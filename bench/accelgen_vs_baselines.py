@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from runtime.capacity_search import capacity_search, find_violations
 from runtime.cli import CONF_DIR, REPO_ROOT, fill_paths, run
 from runtime.core.errors import AccelgenError, ConfigError
+from runtime.core.run_log import atomic_write
 
 SUITES = {
     "baselines": {
@@ -162,18 +163,8 @@ def flatten(summary: dict, prefix: str = "") -> dict:
     return row
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write to a temporary file, then rename: an interrupted run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    write_atomic(path, lambda p: frame.to_csv(p, index=False))
+    atomic_write(path, lambda p: frame.to_csv(p, index=False))
 
 
 def ratio(num, den) -> np.ndarray:
@@ -260,7 +251,7 @@ def plot(grid: pd.DataFrame, model: str, workload: str, path: Path, target: floa
     axes.flat[3].legend([plt.Line2D([], [], color="black", ls=styles[j % 4]) for j in range(len(classes))], classes,
                         fontsize=8)
     fig.suptitle(f"{model} — {workload}")
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -387,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "ratios.csv").unlink(missing_ok=True)  # a previous run's would contradict summary.md
     report = summary_markdown(args, sys.argv[1:] if argv is None else argv, variants, capacity, bases, grid, ratios,
                               frame)
-    write_atomic(args.out / "summary.md", lambda p: p.write_text(report))
+    atomic_write(args.out / "summary.md", lambda p: p.write_text(report))
     wall = frame["wall_s"].dropna() if "wall_s" in frame else pd.Series(dtype=float)
     print(f"\n{len(frame)} grid runs + {int(capacity.evaluations.sum())} capacity runs in "
           f"{time.perf_counter() - t0:.1f} s (mean {wall.mean():.2f} s per grid run) -> {args.out}")

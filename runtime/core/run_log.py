@@ -62,7 +62,8 @@ class IterationLog:
         )
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: an interrupted write never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
@@ -84,11 +85,11 @@ def _json_safe(value):
 
 def write_json(path: Path, data: dict) -> None:
     text = json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    _atomic_write(Path(path), lambda p: p.write_text(text))
+    atomic_write(Path(path), lambda p: p.write_text(text))
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    _atomic_write(Path(path), lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
+    atomic_write(Path(path), lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
 
 
 def write_run_outputs(output_dir: Path, *, requests: pd.DataFrame, iterations: pd.DataFrame, summary: dict) -> None:
