@@ -308,9 +308,9 @@ class AccelGenScheduler(BaseScheduler):
             if self.dynamic_chunking else budget_left
         cap = self._add_prefills(output, batch, cap, budget_left, admit_new, candidates, now)
         if not output.num_scheduled_tokens:
-            self._force_progress(output, now)
+            self._force_progress(output, batch, now)
         plan.cap_s = cap
-        plan.predicted_s = self.cost_model.predict(output.prefill_chunks, output.decode_context_lens)
+        plan.predicted_s = batch.with_chunk(0, 0)
         if cap != _INF:
             output.step_cap_s = cap
         # The guarantee (module docstring): a step with a prefill chunk meets its tightest member's cap.
@@ -546,16 +546,15 @@ class AccelGenScheduler(BaseScheduler):
         f_rem = free - self.kv_headroom * bm.num_blocks
         w_comp = self.w_comp / p_total if p_total > 0 else 0.0
         w_kv = self.w_kv / f_total if f_total > 0 and f_rem > 0 else 0.0
-        tables, est, slack = bm.tables, self._estimate, self._step_slack
+        tables, slack = bm.tables, self._step_slack
         running = RequestStatus.RUNNING
         best, best_key, dropped = None, None, []
         for r in rest:
-            total = r.num_prompt_tokens + max(r.num_output_tokens + 1, est[r.req_id])
+            d_kv = self._projected_of(r)
             is_partial = r.status == running
             if is_partial:
-                d_kv = -(-total // size) - len(tables[r.req_id])
+                d_kv -= len(tables[r.req_id])
             else:
-                d_kv = -(-total // size)
                 if d_kv > projected_left or -(-r.num_tokens // size) > admissible:
                     dropped.append(r)
                     continue
@@ -568,7 +567,7 @@ class AccelGenScheduler(BaseScheduler):
             rest.remove(r)
         return best
 
-    def _force_progress(self, output: SchedulerOutput, now: float) -> None:
+    def _force_progress(self, output: SchedulerOutput, batch: _BatchTime, now: float) -> None:
         """Nothing was scheduled (no decodes; no candidate fitted its cap, or grouping left none eligible).
 
         The first candidate in slack order (FCFS without ``slo_priority``) whose chunk fits its own cap runs; if
@@ -578,7 +577,6 @@ class AccelGenScheduler(BaseScheduler):
         partials = sorted((r for r in self.prefilling if r.status == RequestStatus.RUNNING),
                           key=lambda r: self._prefill_key(r, 0))
         queued = [self.requests[k[4]] for k in self._queue] if self.slo_priority else list(self.waiting)
-        empty = _BatchTime(self.cost_model, [])
         chosen = None
         for last_resort in (False, True):
             for request in partials + queued:
@@ -587,7 +585,7 @@ class AccelGenScheduler(BaseScheduler):
                     c = min(remaining, self.min_chunk, self.token_budget)
                 else:
                     cap = self._prefill_cap(request) if self.dynamic_chunking else _INF
-                    c = self._fit(empty, remaining, request.num_computed_tokens, self.token_budget, cap, fresh=False)
+                    c = self._fit(batch, remaining, request.num_computed_tokens, self.token_budget, cap, fresh=False)
                     if c == 0:
                         continue
                 if request.status != RequestStatus.RUNNING:
@@ -601,5 +599,7 @@ class AccelGenScheduler(BaseScheduler):
             if chosen is not None:
                 break
         if chosen is not None:
-            self._add_chunk(output, *chosen)
+            request, c = chosen
+            self._add_chunk(output, request, c)
+            batch.add(c, request.num_computed_tokens - c)
             self.last_plan.forced = last_resort
