@@ -266,6 +266,9 @@ class AccelGenScheduler(BaseScheduler):
         del self._queue[bisect.bisect_left(self._queue, key)]
         self.waiting.remove(request)
 
+    def _remove_waiting(self, request: Request) -> None:
+        self._dequeue(request)
+
     def add_request(self, request: Request) -> None:
         super().add_request(request)
         if request.status == RequestStatus.WAITING:

@@ -99,9 +99,23 @@ def build(cfg: DictConfig) -> dict:
         cfg.scheduler, block_manager=block_manager, cost_model=planner_model, slo_classes=slo_classes,
         max_model_len=model.max_model_len,
     )
+    if cfg.get("oracle") is not None and cfg.oracle.gap_accounting:
+        scheduler = _gap_accountant(cfg, scheduler, planner_model)
     executor = _instantiate(cfg.backend, cost_model=cost_model)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
                 block_manager=block_manager, workload=workload, scheduler=scheduler, executor=executor)
+
+
+def _gap_accountant(cfg: DictConfig, scheduler, cost_model):
+    """Wrap the run's scheduler so every step is also solved by the Oracle (``oracle.gap_accounting``)."""
+    from solvers.gap import GapAccountant
+
+    o = cfg.oracle
+    return GapAccountant(
+        scheduler, cost_model=cost_model, backend=o.backend, time_limit_s=o.time_limit_s, mip_gap=o.mip_gap,
+        every=o.gap_every, bound_prefill_iterations=cfg.slo.bound_prefill_iterations, max_candidates=o.max_candidates,
+        c_done=o.c_done, eta=o.eta, eps=o.eps, urgency_theta=o.urgency_theta, margin=o.margin, chunk_cap=o.chunk_cap,
+        max_tokens=o.max_tokens)
 
 
 def run(cfg: DictConfig, output_dir: Path | None) -> dict:
@@ -134,8 +148,15 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
         "num_iterations": len(result.iterations),
         "wall_s": time.perf_counter() - t0,
     }
+    # Schedulers with their own per-step records (the Oracle's decisions, gap accounting) add tables and keys.
+    artifacts = getattr(scheduler, "run_artifacts", None)
+    tables = {}
+    if artifacts is not None:
+        tables, extra = artifacts()
+        summary.update(extra)
     if output_dir is not None:
-        write_run_outputs(output_dir, requests=frame, iterations=result.iterations.to_frame(), summary=summary)
+        write_run_outputs(output_dir, requests=frame, iterations=result.iterations.to_frame(), summary=summary,
+                          tables=tables)
     return summary
 
 

@@ -268,6 +268,41 @@ class BaseScheduler:
         assert n <= token_budget
         return self._finish_output(output)
 
+    def _remove_waiting(self, request: Request) -> None:
+        """Take ``request`` out of the waiting queue (policies with their own queue index override this)."""
+        self.waiting.remove(request)
+
+    def schedule_batch(self, now: float, batch: Mapping[str, int]) -> SchedulerOutput:
+        """Run a batch chosen outside the policy (the Oracle's plan) with this policy's own mechanics.
+
+        ``batch`` maps req_id to units: 1 for a running decode, a chunk for a prefill-phase request. Decodes get
+        their token first (preempting as usual if a block is missing), then partial prefills continue, then
+        waiting requests are admitted (their whole ``num_tokens`` allocated, without the watermark: the plan
+        already counted blocks). An entry that no longer fits (a victim of this step's preemption, a block that
+        is not there) is skipped, so the step is always one the engine can execute; the caller checks what ran.
+        """
+        output = self._new_output()
+        requests = self.requests
+        decodes = [r for r in self.decoding if r.req_id in batch]
+        if decodes:
+            self._schedule_decodes(output, decodes, now, len(decodes))
+        for req_id, units in batch.items():
+            request = requests.get(req_id)
+            if request is None or req_id in output.num_scheduled_tokens or units < 1:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                if request in self.prefilling and units <= request.num_uncomputed_tokens:
+                    self._add_chunk(output, request, units)
+                continue
+            if self._step_preempted or self.num_running >= self.max_num_seqs or units > request.num_uncomputed_tokens:
+                continue
+            if not self.block_manager.allocate_slots(req_id, request.num_tokens, use_watermark=False):
+                continue
+            self._remove_waiting(request)
+            self._admit(request, now)
+            self._add_chunk(output, request, units)
+        return self._finish_output(output)
+
     @staticmethod
     def _chunk_size(remaining: int, budget_left: int, chunk_align: int) -> int:
         if remaining <= budget_left:

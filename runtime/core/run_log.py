@@ -92,9 +92,16 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(Path(path), lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
 
 
-def write_run_outputs(output_dir: Path, *, requests: pd.DataFrame, iterations: pd.DataFrame, summary: dict) -> None:
+def write_run_outputs(output_dir: Path, *, requests: pd.DataFrame, iterations: pd.DataFrame, summary: dict,
+                      tables: dict[str, pd.DataFrame] | None = None) -> None:
+    """The run's files; ``tables`` adds scheduler-specific ones (``oracle.parquet``, ``oracle_gap.parquet``).
+
+    ``summary.json`` is written last, so its presence means every table of the run is complete.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_parquet(output_dir / "requests.parquet", requests)
     write_parquet(output_dir / "iterations.parquet", iterations)
+    for name, frame in (tables or {}).items():
+        write_parquet(output_dir / name, frame)
     write_json(output_dir / "summary.json", summary)
