@@ -13,6 +13,7 @@ from runtime.core.outputs import SchedulerOutput
 
 class OrcaScheduler(BaseScheduler):
     preempts = False
+    chunks_prompts = False
 
     def __init__(self, *, max_num_batched_tokens: int | None = None, **base) -> None:
         super().__init__(**base)

@@ -41,6 +41,7 @@ class VLLMScheduler(BaseScheduler):
                               f"scheduler.max_num_seqs={self.max_num_seqs}")
         self.max_num_batched_tokens = max_num_batched_tokens
         self.chunked_prefill = chunked_prefill
+        self.chunks_prompts = chunked_prefill
         self.chunk_align = chunk_align
         self.token_budget = max_num_batched_tokens
         if not chunked_prefill:

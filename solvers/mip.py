@@ -96,8 +96,13 @@ def solve_pywraplp(inst: OracleInstance, *, solver_id: str, time_limit_s: float 
         units = [round(v.solution_value()) for v in model.units]
         status = "optimal" if code == pywraplp.Solver.OPTIMAL else "time_limit"
         return _plan_from_units(inst, backend, status, units, solver.Objective().BestBound(), t0)
+    elapsed = time.perf_counter() - t0
+    if code == pywraplp.Solver.INFEASIBLE and time_limit_s is not None and solver.WallTime() >= 0.9e3 * time_limit_s:
+        # CBC through pywraplp reports INFEASIBLE when its time limit stops it before any solution.
+        return Plan(backend=backend, status="no_solution", solve_time_s=elapsed,
+                    message=f"{solver_id} stopped at the time limit without a solution (reported INFEASIBLE)")
     if code == pywraplp.Solver.INFEASIBLE:
-        return Plan(backend=backend, status="infeasible", solve_time_s=time.perf_counter() - t0,
+        return Plan(backend=backend, status="infeasible", solve_time_s=elapsed,
                     message="no non-empty batch satisfies (1)-(5)")
     status = "no_solution" if code == pywraplp.Solver.NOT_SOLVED else "error"
     return Plan(backend=backend, status=status, solve_time_s=time.perf_counter() - t0,

@@ -88,7 +88,7 @@ class OracleScheduler:
         self.fallback = fallback if isinstance(fallback, BaseScheduler) else fallback(
             block_manager=block_manager, cost_model=cost_model, slo_classes=slo_classes, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs)
-        if not isinstance(self.fallback, BaseScheduler) or self.fallback.whole_prefill_cap is not None:
+        if not isinstance(self.fallback, BaseScheduler) or not self.fallback.chunks_prompts:
             raise ConfigError("scheduler.fallback must be a policy that chunks prompts (accelgen, sarathi, or vllm with "
                               f"chunked_prefill); got {type(self.fallback).__name__}")
         self.name = name

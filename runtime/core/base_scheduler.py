@@ -32,6 +32,8 @@ class BaseScheduler:
     whole_prefill_cap: int | None = None
     #: Whether the policy may preempt (recompute): then a whole prefill can be a prompt plus its outputs so far.
     preempts: bool = True
+    #: Whether the policy continues partial prefills (so it can take over a step from the Oracle's chunked plan).
+    chunks_prompts: bool = True
 
     def __init__(
         self,
