@@ -4,9 +4,9 @@ Every candidate of the iteration is one *item* with an integer number of work un
 has exactly one unit (``c_i = x_i``), a prefill-phase request (a partial prefill, a waiting prompt, or a
 recompute after preemption) a chunk ``c_i ∈ {0} ∪ [1, U_i]``. Per item the instance holds
 
-* ``U_i = min(remaining, oracle.chunk_cap, the largest chunk that alone fits cap_i)`` (for an item without a cap:
-  the largest limit of any alive item): a larger chunk could only join with ``z_i = 1``, and a short ``U_i``
-  keeps the secant tight;
+* ``U_i = min(remaining, oracle.chunk_cap, the largest chunk that alone fits cap_i)``: a larger chunk could only
+  join with ``z_i = 1``, which never pays without an urgency boost (then the cap is not applied), and a short
+  ``U_i`` keeps the secant tight;
 * the latency coefficients of the secant form of algorithms.md section 3: ``ta_i`` per unit beyond the shared
   ``β1`` (``β2·(q_i + U_i/2)`` for a chunk after ``q_i`` computed tokens, ``β3·ctx_i`` for a decode) and
   ``tb_i = β4`` per member;
@@ -261,17 +261,6 @@ def build_instance(
         chosen += [r for r in keyed[params.max_candidates:] if r.req_id in keep and r.req_id not in chosen_ids]
         queued = chosen
 
-    # The largest limit any alive member can impose: no useful chunk runs longer than this alone.
-    top = 0.0
-    for r in decodes:
-        if r.req_id not in dead:
-            top = max(top, margin * (_deadline(r) - now))
-    if params.bound_prefill_iterations:
-        for r in (*partials, *queued):
-            if r.req_id not in dead:
-                top = max(top, margin * r.tbt_slo_s)
-    top = top or _INF
-
     rows = []
     for kind, group in ((DECODE, decodes), (PARTIAL, partials), (NEW, queued)):
         for r in group:
@@ -299,7 +288,9 @@ def build_instance(
                 cap = margin * r.tbt_slo_s if alive and params.bound_prefill_iterations else _INF
                 # U_i: no member chunk can exceed what fits its own cap alone (the largest limit for one without),
                 # and the secant of c(q + c/2) over [0, U_i] is tight only when U_i is.
-                alone = max_chunk_alone(lat, q, cap if cap < _INF else top)
+                # Exact only while joining with z_i = 1 can never pay (u_i·m_i + C_done ≤ 1, i.e. no urgency boost);
+                # an item without a cap is left whole (up to chunk_cap).
+                alone = max_chunk_alone(lat, q, cap) if cap < _INF and not params.urgency_theta else _INF
                 upper = m if alone >= m else max(1, int(alone))
                 if chunk_cap is not None:
                     upper = min(upper, chunk_cap)
@@ -326,7 +317,8 @@ def build_instance(
     footprint_left = None
     if params.kv_mode == "footprint":
         used = sum(-(-(r.num_prompt_tokens + r.max_tokens) // size) for r in decodes + partials)
-        footprint_left = bm.num_blocks - bm.watermark_blocks - used
+        # Below zero (the fallback admitted past it): no new admission, but running requests still run.
+        footprint_left = max(0, bm.num_blocks - bm.watermark_blocks - used)
     return OracleInstance(
         now=now, latency=lat, req_ids=tuple(cols[0]),
         kind=np.array(cols[1], dtype=np.int8), remaining=np.array(cols[2], dtype=np.int64),
