@@ -43,7 +43,8 @@ def prune(instance: OracleInstance, keep: set[str]) -> OracleInstance:
     if int(new.sum()) <= limit:
         return instance
     new_idx = np.flatnonzero(new)
-    ranked = new_idx[np.argsort(instance.slack[new_idx], kind="stable")]
+    # Alive requests first (least slack first), then lost ones, as build_instance ranks them.
+    ranked = new_idx[np.lexsort((instance.slack[new_idx], ~instance.alive[new_idx]))]
     mask = ~new
     mask[ranked[:limit]] = True
     for i, req_id in enumerate(instance.req_ids):

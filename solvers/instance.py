@@ -255,7 +255,13 @@ def build_instance(
     # Waiting candidates: the max_candidates least-slack ones plus `keep`.
     queued = list(waiting)
     if len(queued) > params.max_candidates:
-        keyed = sorted(queued, key=lambda r: (_deadline(r) - one_shot(r), r.arrival_time, r.req_id))
+        # Requests that can still meet their SLO first (least slack first), then the lost ones: under overload the
+        # least-slack requests are all lost, and keeping only them would leave the Oracle nothing worth admitting.
+        def rank(r: Request) -> tuple:
+            slack = _deadline(r) - one_shot(r) - now
+            return (r.req_id in dead or slack < 0, slack, r.arrival_time, r.req_id)
+
+        keyed = sorted(queued, key=rank)
         chosen = keyed[:params.max_candidates]
         chosen_ids = {r.req_id for r in chosen}
         chosen += [r for r in keyed[params.max_candidates:] if r.req_id in keep and r.req_id not in chosen_ids]

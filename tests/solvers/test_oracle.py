@@ -133,3 +133,15 @@ def test_schedule_batch_runs_a_given_batch_with_the_policy_mechanics():
     # A chunk larger than what is left is skipped rather than over-computing.
     out = sched.schedule_batch(0.1, {"r1": 100})
     assert out.num_scheduled_tokens == {}
+
+
+def test_pruning_keeps_requests_that_can_still_meet_their_slo_before_lost_ones():
+    from solvers.instance import Latency, OracleParams, build_instance
+
+    lost = create_requests(3, num_prompt_tokens=64, max_tokens=4, ttft_slo_s=0.5)  # arrived at 0, now = 1: lost
+    fresh = create_requests(1, num_prompt_tokens=64, max_tokens=4, ttft_slo_s=5.0)
+    fresh[0].req_id = "fresh"
+    inst = build_instance(now=1.0, decoding=[], prefilling=[], waiting=lost + fresh,
+                          block_manager=create_block_manager(num_blocks=64), latency=Latency.of(create_cost_model()),
+                          max_num_seqs=8, params=OracleParams(max_candidates=1))
+    assert inst.req_ids == ("fresh",) and inst.alive.all()
