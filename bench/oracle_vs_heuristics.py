@@ -42,6 +42,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from tqdm.auto import tqdm
 
+from accelgen_vs_baselines import flatten  # bench/ is on sys.path when a bench runs as a script
 from runtime.cli import CONF_DIR, REPO_ROOT, run
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.run_log import atomic_write, write_json
@@ -144,18 +145,6 @@ def gap_breakdown(joined: pd.DataFrame) -> dict:
         out[f"{name}_gap_mean_else"] = float(outside["gap"].mean()) if len(outside) else None
         out[f"{name}_gap_mass_share"] = float(inside["gap"].sum() / total) if total > 0 else None
     return out
-
-
-def flatten(summary: dict, prefix: str = "") -> dict:
-    """Scalars as they are; dicts as ``key[sub]`` columns, ``*_by_class`` as ``slo_attainment[tight]`` etc."""
-    row = {}
-    for key, value in summary.items():
-        name = f"{prefix}[{key}]" if prefix else key.removesuffix("_by_class")
-        if isinstance(value, dict):
-            row.update(flatten(value, name))
-        else:
-            row[name] = value
-    return row
 
 
 def one_run(task: dict) -> dict:
