@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from runtime.core.errors import ConfigError
-from runtime.core.outputs import SchedulerOutput, StepResult
-from runtime.core.request import Request
+from runtime.core.outputs import SchedulerOutput
 from solvers.formulation import InfeasibleBatch, evaluate_units, units_of
-from solvers.instance import DECODE, NEW, Latency, OracleInstance, OracleParams, SLOTracker, build_instance
-from solvers.oracle import OutputLengthMean, oracle_params
+from solvers.instance import DECODE, NEW, OracleInstance
+from solvers.oracle import ObservedScheduler, oracle_params
 from solvers.solve import DEFAULT_MIP_GAP, check_backend, solve
 
 _COLUMNS = ["iteration", "time", "num_candidates", "heuristic_objective", "optimal_objective", "bound", "gap",
@@ -71,7 +69,7 @@ def widen(instance: OracleInstance, units: np.ndarray) -> OracleInstance:
     return dataclasses.replace(instance, upper=upper, ta=ta, bonus=bonus)
 
 
-class GapAccountant:
+class GapAccountant(ObservedScheduler):
     """Wraps a scheduler; solves the Oracle on the state of each of its steps (module docstring)."""
 
     def __init__(self, inner, *, cost_model, backend: str = "decomposed", time_limit_s: float | None = 0.05,
@@ -81,29 +79,13 @@ class GapAccountant:
         if not (isinstance(every, int) and every >= 1):
             raise ConfigError(f"oracle.gap_every must be an integer >= 1, got {every!r}")
         objective.pop("kv_mode", None)  # gap accounting always uses the physical constraints only
-        self.inner = inner
-        self.latency = Latency.of(cost_model)
-        self.params: OracleParams = oracle_params(kv_mode="physical", bound_prefill_iterations=bound_prefill_iterations,
-                                                  **objective)
+        super().__init__(inner, cost_model=cost_model,
+                         params=oracle_params(kv_mode="physical", bound_prefill_iterations=bound_prefill_iterations,
+                                              **objective))
         self._full = dataclasses.replace(self.params, max_candidates=1 << 62)
         self.backend, self.time_limit_s, self.mip_gap, self.every = backend, time_limit_s, mip_gap, every
-        self.tracker = SLOTracker(bound_prefill_iterations=bound_prefill_iterations)
-        self.lengths = OutputLengthMean()
         self.rows: list[tuple] = []
         self._iteration = 0
-
-    def add_request(self, request: Request) -> None:
-        self.inner.add_request(request)
-        if not request.is_finished:
-            self.lengths.observe(request)
-
-    def has_unfinished_requests(self) -> bool:
-        return self.inner.has_unfinished_requests()
-
-    def update_from_output(self, output: SchedulerOutput, result: StepResult, now: float) -> list[Request]:
-        finished = self.inner.update_from_output(output, result, now)
-        self.tracker.observe(output, result.step_time, self.inner.requests, finished)
-        return finished
 
     def schedule(self, now: float) -> SchedulerOutput:
         inner = self.inner
@@ -113,10 +95,7 @@ class GapAccountant:
             return inner.schedule(now)
         tables = inner.block_manager.tables
         held = {r.req_id: len(tables.get(r.req_id, ())) for r in inner.running}
-        full = build_instance(
-            now=now, decoding=inner.decoding, prefilling=inner.prefilling, waiting=inner.waiting,
-            block_manager=inner.block_manager, latency=self.latency, max_num_seqs=inner.max_num_seqs,
-            params=self._full, dead=self.tracker.dead, eta=self.lengths.eta)
+        full = self.instance(now, self._full)
         output = inner.schedule(now)
         self._account(k, now, full, output, held)
         return output
@@ -144,11 +123,6 @@ class GapAccountant:
         gap = (optimal - heuristic) / max(abs(optimal), 1e-9) if plan.batch and not math.isnan(heuristic) else math.nan
         self.rows.append((k, now, len(instance), heuristic, optimal, plan.bound, gap, plan.status, plan.solve_time_s,
                           len(preempted), note or plan.message))
-
-    def __getattr__(self, key: str):
-        if key == "inner":
-            raise AttributeError(key)
-        return getattr(self.inner, key)
 
     def gap_frame(self) -> pd.DataFrame:
         return pd.DataFrame.from_records(self.rows, columns=_COLUMNS)

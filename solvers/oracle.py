@@ -20,7 +20,7 @@ solve hits ``time_limit_s`` (recorded as status ``time_limit``); ``time_limit_s:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ from runtime.core.base_scheduler import BaseScheduler
 from runtime.core.errors import ConfigError
 from runtime.core.outputs import SchedulerOutput, StepResult
 from runtime.core.request import Request
-from solvers.instance import Latency, OracleParams, SLOTracker, build_instance
+from solvers.instance import Latency, OracleInstance, OracleParams, SLOTracker, instance_from_scheduler
 from solvers.solve import DEFAULT_MIP_GAP, check_backend, solve
 
 
@@ -58,7 +58,47 @@ def oracle_params(*, kv_mode: str, bound_prefill_iterations: bool, c_done: float
                         bound_prefill_iterations=bound_prefill_iterations)
 
 
-class OracleScheduler:
+class ObservedScheduler:
+    """A wrapper around the ``BaseScheduler`` that holds the queues, keeping what the Oracle needs beyond them.
+
+    It forwards the ``Scheduler`` protocol to ``inner``, tracks which requests have already lost their SLO
+    (``SLOTracker``) and the mean output length (``η``), and freezes ``inner``'s state into an instance. Any other
+    attribute (waiting, running, requests, block_manager, max_num_seqs, ...) is ``inner``'s. Shared by
+    ``OracleScheduler`` (``inner``: its fallback) and gap accounting (``inner``: the heuristic measured).
+    """
+
+    def __init__(self, inner: BaseScheduler, *, cost_model, params: OracleParams) -> None:
+        self.inner = inner
+        self.latency = Latency.of(cost_model)
+        self.params = params
+        self.tracker = SLOTracker(bound_prefill_iterations=params.bound_prefill_iterations)
+        self.lengths = OutputLengthMean()
+
+    def add_request(self, request: Request) -> None:
+        self.inner.add_request(request)
+        if not request.is_finished:
+            self.lengths.observe(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.inner.has_unfinished_requests()
+
+    def update_from_output(self, output: SchedulerOutput, result: StepResult, now: float) -> list[Request]:
+        finished = self.inner.update_from_output(output, result, now)
+        self.tracker.observe(output, result.step_time, self.inner.requests, finished)
+        return finished
+
+    def instance(self, now: float, params: OracleParams | None = None) -> OracleInstance:
+        """``inner``'s state at ``now`` as an ``OracleInstance``."""
+        return instance_from_scheduler(self.inner, now, latency=self.latency, params=params or self.params,
+                                       dead=self.tracker.dead, eta=self.lengths.eta)
+
+    def __getattr__(self, key: str):
+        if key == "inner":  # not set yet (during __init__ or unpickling)
+            raise AttributeError(key)
+        return getattr(self.inner, key)
+
+
+class OracleScheduler(ObservedScheduler):
     """The per-iteration goodput-optimal scheduler, with a recorded fallback (module docstring)."""
 
     def __init__(
@@ -85,42 +125,29 @@ class OracleScheduler:
             raise ConfigError(f"scheduler.mip_gap must be in [0, 1), got {mip_gap!r}")
         if cost_model is None:
             raise ConfigError("scheduler=oracle needs a latency predictor (cost_model)")
-        self.fallback = fallback if isinstance(fallback, BaseScheduler) else fallback(
-            block_manager=block_manager, cost_model=cost_model, slo_classes=slo_classes, max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs)
-        if not isinstance(self.fallback, BaseScheduler) or not self.fallback.chunks_prompts:
+        if not isinstance(fallback, BaseScheduler):
+            fallback = fallback(block_manager=block_manager, cost_model=cost_model, slo_classes=slo_classes,
+                                max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+        if not isinstance(fallback, BaseScheduler) or not fallback.chunks_prompts:
             raise ConfigError("scheduler.fallback must be a policy that chunks prompts (accelgen, sarathi, or vllm with "
-                              f"chunked_prefill); got {type(self.fallback).__name__}")
+                              f"chunked_prefill); got {type(fallback).__name__}")
+        super().__init__(fallback, cost_model=cost_model,
+                         params=oracle_params(kv_mode=kv_mode, bound_prefill_iterations=bound_prefill_iterations,
+                                              **objective))
         self.name = name
-        self.latency = Latency.of(cost_model)
-        self.params = oracle_params(kv_mode=kv_mode, bound_prefill_iterations=bound_prefill_iterations, **objective)
         self.backend, self.time_limit_s, self.mip_gap = backend, time_limit_s, mip_gap
-        self.tracker = SLOTracker(bound_prefill_iterations=bound_prefill_iterations)
-        self.lengths = OutputLengthMean()
         self.decisions: list[tuple] = []
         self._iteration = 0
 
-    # The Scheduler protocol: the fallback holds the state ---------------------------------------------------------
-    def add_request(self, request: Request) -> None:
-        self.fallback.add_request(request)
-        if not request.is_finished:
-            self.lengths.observe(request)
-
-    def has_unfinished_requests(self) -> bool:
-        return self.fallback.has_unfinished_requests()
-
-    def update_from_output(self, output: SchedulerOutput, result: StepResult, now: float) -> list[Request]:
-        finished = self.fallback.update_from_output(output, result, now)
-        self.tracker.observe(output, result.step_time, self.fallback.requests, finished)
-        return finished
+    @property
+    def fallback(self) -> BaseScheduler:
+        """The heuristic that holds the queues and schedules any step without a usable plan."""
+        return self.inner
 
     def schedule(self, now: float) -> SchedulerOutput:
-        fb = self.fallback
+        fb = self.inner
         t0 = time.perf_counter()
-        instance = build_instance(
-            now=now, decoding=fb.decoding, prefilling=fb.prefilling, waiting=fb.waiting, block_manager=fb.block_manager,
-            latency=self.latency, max_num_seqs=fb.max_num_seqs, params=self.params, dead=self.tracker.dead,
-            eta=self.lengths.eta)
+        instance = self.instance(now)
         plan = solve(instance, self.backend, self.time_limit_s, mip_gap=self.mip_gap)
         reason = "" if plan.usable else (plan.status if plan.status != "optimal" else "empty plan")
         output = None
@@ -146,12 +173,6 @@ class OracleScheduler:
     @property
     def token_budget(self) -> int | None:
         return self.params.max_tokens
-
-    def __getattr__(self, key: str):
-        # waiting, running, requests, block_manager, max_num_seqs, num_preemptions...: the fallback's.
-        if key == "fallback":
-            raise AttributeError(key)
-        return getattr(self.fallback, key)
 
     # Run artifacts -------------------------------------------------------------------------------------------------
     def decisions_frame(self) -> pd.DataFrame:
