@@ -128,6 +128,9 @@ class _BatchTime:
 
 
 class AccelGenScheduler(BaseScheduler):
+    #: Admission checks the projected KV of running plus new requests (off when a KV ledger decides instead).
+    projected_kv_guard = True
+
     def __init__(
         self,
         *,
@@ -275,9 +278,11 @@ class AccelGenScheduler(BaseScheduler):
             self._estimate[request.req_id] = self.length_estimator.estimate(request)
             self._enqueue(request)
 
-    def _preempt(self, request: Request, now: float) -> None:
-        super()._preempt(request, now)
-        self._enqueue(request)
+    def _preempt(self, request: Request, now: float) -> str:
+        kind = super()._preempt(request, now)
+        if kind == "recompute":
+            self._enqueue(request)
+        return kind
 
     def pick_victim(self, candidates: list[Request]) -> Request:
         if self.preempt_victim == "latest_arrival" or (self.preempt_victim == "auto" and not self.slo_priority):
@@ -300,7 +305,9 @@ class AccelGenScheduler(BaseScheduler):
         # A snapshot: preemption removes requests from self.decoding while the decodes are scheduled.
         decodes = sorted(self.decoding, key=lambda r: r.token_times[-1] + r.tbt_slo_s) if self.slo_priority \
             else list(self.decoding)
-        self._schedule_decodes(output, decodes, now, self.token_budget)
+        n = self._schedule_decodes(output, decodes, now, self.token_budget)
+        if self.swapped:
+            self._schedule_resumed(output, now, self.token_budget - n)
         batch = _BatchTime(self.cost_model, output.decode_context_lens)
         cap = self._decode_cap(batch, now) if self.dynamic_chunking else _INF
         admit_new = not self._step_preempted and self.num_running < self.max_num_seqs
@@ -352,7 +359,8 @@ class AccelGenScheduler(BaseScheduler):
         dynamic, guard = self.dynamic_chunking, self.multi_resource
         bm = self.block_manager
         limit_blocks = (1.0 - self.kv_headroom) * bm.num_blocks
-        projected = self._projected_blocks() if guard and admit_new else 0
+        projected_guard = guard and self.projected_kv_guard
+        projected = self._projected_blocks() if projected_guard and admit_new else 0
         urgent, rest, lost = (list(reversed(c)) for c in candidates)  # stacks: pop() gives the next
         scoring = guard and len(rest) > 1
         if scoring:
@@ -366,7 +374,8 @@ class AccelGenScheduler(BaseScheduler):
             elif rest:
                 if scoring:
                     request = self._best_packed(rest, batch, budget_left, cap, p_total, f_total,
-                                                projected_left=limit_blocks - projected if bm.num_used_blocks else _INF)
+                                                projected_left=limit_blocks - projected
+                                                if bm.num_used_blocks and projected_guard else _INF)
                     if request is None:  # nothing left that could be admitted: on to the lost ones
                         rest.clear()
                         continue
@@ -385,7 +394,7 @@ class AccelGenScheduler(BaseScheduler):
                 if not admit_new or self.num_running >= self.max_num_seqs:
                     continue
                 need = self._projected_of(request)
-                if guard and projected + need > limit_blocks and bm.num_used_blocks:
+                if projected_guard and projected + need > limit_blocks and bm.num_used_blocks:
                     continue
             remaining = request.num_uncomputed_tokens
             if dynamic:
@@ -403,7 +412,7 @@ class AccelGenScheduler(BaseScheduler):
                         admit_new = False
                     continue
             if not is_partial:
-                if not bm.allocate_slots(request.req_id, request.num_tokens, use_watermark=True):
+                if not self._allocate_admission(request):
                     if not guard:
                         admit_new = False  # first fit (Sarathi-Serve): the first prompt that does not fit stops admission
                     continue
@@ -518,6 +527,10 @@ class AccelGenScheduler(BaseScheduler):
             lo = hi
         return lo * align
 
+    def _allocate_admission(self, request: Request) -> bool:
+        """KV for a new request's tokens at admission: the whole prompt (plus outputs to recompute), watermark kept."""
+        return self.block_manager.allocate_slots(request.req_id, request.num_tokens, use_watermark=True)
+
     def _projected_of(self, request: Request) -> int:
         total = request.num_prompt_tokens + max(request.num_output_tokens + 1, self._estimate[request.req_id])
         return -(-total // self.block_manager.block_size)
@@ -592,8 +605,7 @@ class AccelGenScheduler(BaseScheduler):
                     if c == 0:
                         continue
                 if request.status != RequestStatus.RUNNING:
-                    if self.num_running >= self.max_num_seqs or not self.block_manager.allocate_slots(
-                            request.req_id, request.num_tokens, use_watermark=True):
+                    if self.num_running >= self.max_num_seqs or not self._allocate_admission(request):
                         continue
                     self._dequeue(request)
                     self._admit(request, now)

@@ -1,10 +1,12 @@
-"""vLLM (SOSP'23), v0 scheduler: FCFS, prefill-first, whole prompts, recompute preemption of the latest arrival.
+"""vLLM (SOSP'23), v0 scheduler: FCFS, prefill-first, whole prompts, preemption of the latest arrival.
 
 Each step either prefills newly admitted prompts (whole, up to ``max_num_batched_tokens``) or, when nothing can
 be admitted, decodes every running request, preempting the latest-arrived one whenever a decode needs a KV
 block that is not there (algorithms.md section 4). Admission is strictly FCFS: the first waiting request that
 does not fit blocks the ones behind it. ``chunked_prefill: true`` switches to vLLM's chunked-prefill mode, which
-is Sarathi-Serve's stall-free batching with ``τ = max_num_batched_tokens``.
+is Sarathi-Serve's stall-free batching with ``τ = max_num_batched_tokens``. ``preemption_mode``: ``recompute``
+(the default) or ``swap`` (vLLM's swap mode: victims' KV goes to CPU swap space and they come back before any new
+prompt is admitted; with the swap space full the victim recomputes).
 """
 from __future__ import annotations
 
@@ -20,12 +22,9 @@ class VLLMScheduler(BaseScheduler):
         max_num_batched_tokens: int | None = None,
         chunked_prefill: bool = False,
         chunk_align: int = 1,
-        preemption_mode: str = "recompute",
         **base,
     ) -> None:
         super().__init__(**base)
-        if preemption_mode != "recompute":
-            raise ConfigError(f"scheduler.preemption_mode={preemption_mode!r}: only 'recompute' is implemented")
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 512 if chunked_prefill else max(self.max_model_len, 2048)
         if max_num_batched_tokens < 1:
@@ -52,10 +51,11 @@ class VLLMScheduler(BaseScheduler):
             return self._schedule_stall_free(now, self.max_num_batched_tokens, self.chunk_align)
         output = self._new_output()
 
-        # First, admit WAITING requests FCFS, whole prompts, prefill-only step.
+        # First, admit WAITING requests FCFS, whole prompts, prefill-only step; as vLLM v0, not while swapped
+        # requests wait to come back (they go first).
         num_tokens = 0
         waiting = self.waiting
-        while waiting:
+        while waiting and not self.swapped:
             request = waiting[0]
             need = request.num_uncomputed_tokens
             if num_tokens + need > self.max_num_batched_tokens or self.num_running + 1 > self.max_num_seqs:
@@ -69,6 +69,9 @@ class VLLMScheduler(BaseScheduler):
         if num_tokens:
             return self._finish_output(output)
 
-        # Otherwise, decode every running request.
-        self._schedule_decodes(output, list(self.decoding), now, self.max_num_seqs)
+        # Otherwise, decode every running request, then swap requests back in (they decode this step too).
+        n = self._schedule_decodes(output, list(self.decoding), now, self.max_num_seqs)
+        if self.swapped:
+            # With nothing running the head always fits: admission guaranteed blocks(p + o) <= M - watermark.
+            self._schedule_resumed(output, now, self.max_num_seqs - n)
         return self._finish_output(output)

@@ -23,11 +23,12 @@ from runtime.core.clock import VirtualClock
 from runtime.core.engine import Engine
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.kv_cache import BlockManager
-from runtime.core.metrics import requests_frame, summarise
+from runtime.core.metrics import kv_activity, requests_frame, summarise
 from runtime.core.run_log import write_json, write_run_outputs
 from runtime.report import FAILED_FILE
 from runtime.core.slo import resolve_slo_classes
 from runtime.sim.capacity import num_kv_blocks
+from runtime.sim.transfer import PCIeTransferModel, num_swap_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # An absolute path: Hydra would otherwise look for a `conf` package when the project is installed in editable mode.
@@ -35,7 +36,7 @@ CONF_DIR = str(REPO_ROOT / "conf")
 SUMMARY_KEYS_SHOWN = (
     "scheduler", "workload", "num_requests", "num_finished", "num_rejected", "slo_attainment",
     "slo_attainment_by_class", "goodput_rps", "throughput_rps", "throughput_tps", "ttft_p50_s", "ttft_p99_s",
-    "tbt_p50_s", "tbt_p99_s", "jct_mean_s", "num_preemptions", "num_iterations", "wall_s",
+    "tbt_p50_s", "tbt_p99_s", "jct_mean_s", "num_preemptions", "num_swaps", "num_iterations", "wall_s",
 )
 
 
@@ -93,17 +94,30 @@ def build(cfg: DictConfig) -> dict:
     num_blocks = int(num_blocks * kv.num_blocks_scale)
     if num_blocks < 1:
         raise ConfigError(f"kv.num_blocks resolves to {num_blocks} blocks (kv.num_blocks_scale={kv.num_blocks_scale})")
-    block_manager = BlockManager(num_blocks=num_blocks, block_size=kv.block_size, watermark=kv.watermark)
+    swap_blocks = kv.get("swap_blocks")
+    if swap_blocks is None:
+        swap_blocks = num_swap_blocks(model=model, hardware=hardware, block_size=kv.block_size,
+                                      swap_space_gb=kv.get("swap_space_gb", 4.0))
+    block_manager = BlockManager(num_blocks=num_blocks, block_size=kv.block_size, watermark=kv.watermark,
+                                 num_swap_blocks=swap_blocks)
+    kv_transfer = PCIeTransferModel.for_replica(model=model, hardware=hardware, block_size=kv.block_size,
+                                                efficiency=kv.get("pcie_efficiency", 0.8),
+                                                latency_s=kv.get("swap_latency_s", 1e-3))
     workload = _instantiate(cfg.workload, slo_classes=slo_classes, max_model_len=model.max_model_len, seed=cfg.seed)
     scheduler = _instantiate(
         cfg.scheduler, block_manager=block_manager, cost_model=planner_model, slo_classes=slo_classes,
-        max_model_len=model.max_model_len,
+        max_model_len=model.max_model_len, kv_transfer=kv_transfer,
     )
+    calibrate = getattr(scheduler, "calibrate", None)
+    if calibrate is not None:
+        # Learnt output-length predictors (CacheOPT) fit on the workload's training split, never on the replay.
+        calibrate(workload.training_frame() if hasattr(workload, "training_frame") else None)
     if cfg.get("oracle") is not None and cfg.oracle.gap_accounting:
         scheduler = _gap_accountant(cfg, scheduler, planner_model)
-    executor = _instantiate(cfg.backend, cost_model=cost_model)
+    executor = _instantiate(cfg.backend, cost_model=cost_model, kv_transfer=kv_transfer)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
-                block_manager=block_manager, workload=workload, scheduler=scheduler, executor=executor)
+                block_manager=block_manager, kv_transfer=kv_transfer, workload=workload, scheduler=scheduler,
+                executor=executor)
 
 
 def _gap_accountant(cfg: DictConfig, scheduler, cost_model):
@@ -142,12 +156,16 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
         "hardware": parts["hardware"].name,
         "token_budget": scheduler.token_budget,
         "kv_num_blocks": parts["block_manager"].num_blocks,
+        "kv_swap_blocks": parts["block_manager"].num_swap_blocks,
+        "preemption_mode": getattr(scheduler, "preemption_mode", None),
         "slo_classes_s": {n: {"ttft_slo_s": c.ttft_slo_s, "tbt_slo_s": c.tbt_slo_s} for n, c in parts["slo_classes"].items()},
         "slo_reference_s": parts["slo_refs"],
         **summarise(frame, result.requests, warmup_s=metrics_cfg.warmup_s),
         "num_iterations": len(result.iterations),
         "wall_s": time.perf_counter() - t0,
     }
+    iterations = result.iterations.to_frame()
+    summary.update(kv_activity(iterations))
     # Schedulers with their own per-step records (the Oracle's decisions, gap accounting) add tables and keys.
     artifacts = getattr(scheduler, "run_artifacts", None)
     tables = {}
@@ -155,7 +173,7 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
         tables, extra = artifacts()
         summary.update(extra)
     if output_dir is not None:
-        write_run_outputs(output_dir, requests=frame, iterations=result.iterations.to_frame(), summary=summary,
+        write_run_outputs(output_dir, requests=frame, iterations=iterations, summary=summary,
                           tables=tables)
     return summary
 

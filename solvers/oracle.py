@@ -115,6 +115,7 @@ class OracleScheduler(ObservedScheduler):
         mip_gap: float = DEFAULT_MIP_GAP,
         kv_mode: str = "footprint",
         bound_prefill_iterations: bool = True,
+        kv_transfer=None,
         name: str = "oracle",
         **objective: Any,
     ) -> None:
@@ -127,7 +128,7 @@ class OracleScheduler(ObservedScheduler):
             raise ConfigError("scheduler=oracle needs a latency predictor (cost_model)")
         if not isinstance(fallback, BaseScheduler):
             fallback = fallback(block_manager=block_manager, cost_model=cost_model, slo_classes=slo_classes,
-                                max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+                                max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_transfer=kv_transfer)
         if not isinstance(fallback, BaseScheduler) or not fallback.chunks_prompts:
             raise ConfigError("scheduler.fallback must be a policy that chunks prompts (accelgen, sarathi, or vllm with "
                               f"chunked_prefill); got {type(fallback).__name__}")

@@ -35,10 +35,18 @@ def create_requests(num_requests: int = 10, *, num_prompt_tokens=64, max_tokens=
     ]
 
 
-def create_block_manager(num_blocks: int = 64, block_size: int = 16, watermark: float = 0.0):
+def create_block_manager(num_blocks: int = 64, block_size: int = 16, watermark: float = 0.0, num_swap_blocks: int = 0):
     from runtime.core.kv_cache import BlockManager
 
-    return BlockManager(num_blocks=num_blocks, block_size=block_size, watermark=watermark)
+    return BlockManager(num_blocks=num_blocks, block_size=block_size, watermark=watermark,
+                        num_swap_blocks=num_swap_blocks)
+
+
+def create_kv_transfer(block_bytes: float = 16 * 2**19, bandwidth_gbps: float = 32.0, latency_s: float = 1e-3):
+    """Swap transfers for Llama-2-7B-sized blocks (16 tokens x 0.5 MiB) over PCIe Gen4."""
+    from runtime.sim.transfer import PCIeTransferModel
+
+    return PCIeTransferModel(block_bytes=block_bytes, bandwidth_gbps=bandwidth_gbps, latency_s=latency_s)
 
 
 def create_cost_model():
@@ -64,7 +72,7 @@ def compose_config(overrides: list[str] | None = None):
 
 
 def create_scheduler(name: str, *, block_manager=None, cost_model=None, slo_classes=None, max_model_len: int = 4096,
-                     **overrides):
+                     kv_transfer=None, **overrides):
     """A scheduler composed from its real YAML under conf/scheduler, with keyword overrides."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -81,6 +89,7 @@ def create_scheduler(name: str, *, block_manager=None, cost_model=None, slo_clas
             cost_model=cost_model or create_cost_model(),
             slo_classes=slo_classes or create_slo_classes(),
             max_model_len=max_model_len,
+            kv_transfer=kv_transfer or create_kv_transfer(),
         )
     except InstantiationException as error:  # surface the scheduler's own error, as the CLI does
         raise error.__cause__ from None

@@ -11,6 +11,21 @@ their token and preempts (``pick_victim``, ``_preempt``: free the KV, rewind, re
 when a block is missing. ``update_from_output`` appends sampled tokens, stamps their times, moves finished prefills
 to ``decoding`` and finishes requests. ``_schedule_stall_free`` is the Sarathi-Serve batch that several policies
 share.
+
+**Preemption: recompute or swap** (``preemption_mode``, algorithms.md section 7.5). ``recompute`` drops the
+victim's KV and requeues it at the front of ``waiting`` to prefill its prompt and outputs again. ``swap`` moves
+its blocks to CPU swap space (``BlockManager.swap_out``) and parks it in ``swapped``, counters intact; when the
+swap space is full it recomputes instead (vLLM v0 aborts the request there; we never lose one). ``auto`` takes
+the shorter predicted way, swap iff there is room and ``2·T_swap(blocks(n)) < T_rec(n)`` (out and back in)
+with ``n`` the victim's computed tokens and
+
+    T_rec(n) = T̂(D_ref ∪ {(n, 0)}) − T̂(D_ref),   D_ref = RECOMPUTE_REF_DECODES decodes,
+
+the marginal time of re-prefilling ``n`` tokens in a busy step (in the linear cost model the decodes' contexts
+cancel, only their count against the GEMM knee matters; 32 is the SLO reference batch). A request with nothing
+computed is never swapped. Swapped requests resume FCFS (``_resume_swapped``), before any new admission, when
+their blocks fit above the watermark and the step preempted nobody; the copies travel in the step's
+``blocks_to_swap_out``/``blocks_to_swap_in`` and the executor charges their time to that step.
 """
 from __future__ import annotations
 
@@ -21,6 +36,27 @@ from runtime.core.errors import ConfigError
 from runtime.core.kv_cache import BlockManager
 from runtime.core.outputs import SchedulerOutput, StepResult
 from runtime.core.request import Request, RequestStatus, SLOClass
+
+PREEMPTION_MODES = ("recompute", "swap", "auto")
+#: Decodes in the reference step that prices a recompute (see the module docstring).
+RECOMPUTE_REF_DECODES = 32
+
+
+def recompute_time_s(cost_model, num_tokens: int, ref_decodes: int = RECOMPUTE_REF_DECODES) -> float:
+    """``T_rec(n)``: the marginal time of a ``num_tokens`` re-prefill in a step of ``ref_decodes`` decodes."""
+    if num_tokens <= 0:
+        return 0.0
+    decodes = [1] * ref_decodes
+    return cost_model.predict([(num_tokens, 0)], decodes) - cost_model.predict([], decodes)
+
+
+def swap_crossover_tokens(cost_model, kv_transfer, block_size: int, max_tokens: int) -> int | None:
+    """Smallest ``n`` (block multiples up to ``max_tokens``) from which swapping beats recomputing, or None."""
+    for blocks in range(1, -(-max_tokens // block_size) + 1):
+        n = blocks * block_size
+        if 2 * kv_transfer.swap_time_s(blocks) < recompute_time_s(cost_model, n):
+            return n
+    return None
 
 
 class BaseScheduler:
@@ -43,8 +79,15 @@ class BaseScheduler:
         max_model_len: int = 4096,
         cost_model: object | None = None,
         slo_classes: Mapping[str, SLOClass] | None = None,
+        preemption_mode: str = "recompute",
+        kv_transfer: object | None = None,
         name: str = "",
     ) -> None:
+        if preemption_mode not in PREEMPTION_MODES:
+            raise ConfigError(f"scheduler.preemption_mode must be one of {', '.join(PREEMPTION_MODES)}; "
+                              f"got {preemption_mode!r}")
+        if preemption_mode == "auto" and (kv_transfer is None or cost_model is None):
+            raise ConfigError("scheduler.preemption_mode=auto needs a latency predictor and a KV transfer model")
         if max_num_seqs < 1:
             raise ConfigError(f"scheduler.max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_model_len < 2:
@@ -57,18 +100,29 @@ class BaseScheduler:
         self.cost_model = cost_model
         # The run's resolved SLO classes (seconds); per-request SLOs are on the requests themselves.
         self.slo_classes = dict(slo_classes or {})
+        self.preemption_mode = preemption_mode
+        # KVTransferModel (swap time per block count); None: swap costs are unknown to the policy.
+        self.kv_transfer = kv_transfer
         self.waiting: deque[Request] = deque()
+        # Preempted by swapping, in preemption order; their KV is in CPU swap space.
+        self.swapped: deque[Request] = deque()
         # Running requests, split by phase so the hot decode loop needs no filtering: ``decoding`` miss only their
         # last sampled token; ``prefilling`` have a prompt (or a recompute) still to compute.
         self.decoding: list[Request] = []
         self.prefilling: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.num_swaps = 0
         self._newly_rejected: list[str] = []
         # Arrival order of admitted requests: breaks ties between equal arrival times (victim choice).
         self._arrival_order: dict[str, int] = {}
         self._num_added = 0
         self._step_preempted: list[str] = []
+        self._step_swapped_out: list[str] = []
+        self._step_swapped_in: list[str] = []
+        self._step_swap_out: list[tuple[int, int]] = []
+        self._step_swap_in: list[tuple[int, int]] = []
+        self._resume_growth = 0
         # The decodes of the step being built, as objects (see _schedule_decodes / update_from_output).
         self._step_output: SchedulerOutput | None = None
         self._step_decodes: list[Request] = []
@@ -122,7 +176,7 @@ class BaseScheduler:
         return len(self.decoding) + len(self.prefilling)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.decoding or self.prefilling)
+        return bool(self.waiting or self.decoding or self.prefilling or self.swapped)
 
     # Policy hooks ----------------------------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:  # pragma: no cover - abstract
@@ -145,17 +199,96 @@ class BaseScheduler:
             request.times.first_scheduled_time = now
         self.prefilling.append(request)
 
-    def _preempt(self, request: Request, now: float) -> None:
-        """Recompute preemption: drop r's KV, rewind it to zero computed tokens, requeue it at the front."""
+    def preemption_kind(self, request: Request) -> str:
+        """``"swap"`` or ``"recompute"`` for a victim, by ``preemption_mode`` (module docstring)."""
+        mode = self.preemption_mode
+        if mode == "recompute" or request.num_computed_tokens == 0:
+            return "recompute"
+        bm = self.block_manager
+        if not bm.can_swap_out(request.req_id):
+            return "recompute"
+        if mode == "swap":
+            return "swap"
+        t_swap, t_rec = self.preemption_times(request)
+        return "swap" if 2.0 * t_swap < t_rec else "recompute"
+
+    def preemption_times(self, request: Request) -> tuple[float, float]:
+        """``(T_swap one way, T_rec)`` for ``request`` now (inf where the model is missing)."""
+        blocks = self.block_manager.num_blocks_of(request.req_id)
+        t_swap = self.kv_transfer.swap_time_s(blocks) if self.kv_transfer is not None else float("inf")
+        t_rec = recompute_time_s(self.cost_model, request.num_computed_tokens) if self.cost_model is not None \
+            else float("inf")
+        return t_swap, t_rec
+
+    def _preempt(self, request: Request, now: float) -> str:
+        """Preempt a running request by swap or recompute (``preemption_kind``); returns which."""
         assert request.status == RequestStatus.RUNNING, request
-        self.block_manager.free(request.req_id)
-        request.num_computed_tokens = 0
+        kind = self.preemption_kind(request)
+        (self.prefilling if request in self.prefilling else self.decoding).remove(request)
         request.num_preemptions += 1
         request.status = RequestStatus.PREEMPTED
-        (self.prefilling if request in self.prefilling else self.decoding).remove(request)
-        self.waiting.appendleft(request)
         self.num_preemptions += 1
         self._step_preempted.append(request.req_id)
+        if kind == "swap":
+            self._step_swap_out += self.block_manager.swap_out(request.req_id)
+            self._step_swapped_out.append(request.req_id)
+            request.num_swaps += 1
+            self.num_swaps += 1
+            self.swapped.append(request)
+        else:
+            self.block_manager.free(request.req_id)
+            if request.num_computed_tokens > request.recompute_until:
+                request.recompute_until = request.num_computed_tokens
+            request.num_computed_tokens = 0
+            self.waiting.appendleft(request)
+        return kind
+
+    def _admit_swapped(self, request: Request) -> bool:
+        """Whether a swapped request's blocks can come back now (a policy with a KV ledger reserves them here).
+
+        Its blocks plus the one its next token may open must fit above the watermark: otherwise a resumed decode
+        would be swapped straight back out to make room for itself.
+        """
+        bm = self.block_manager
+        need = max(bm.num_swapped_blocks_of(request.req_id), bm.blocks_for(request.num_computed_tokens + 1))
+        # Blocks the decodes resumed before it in this step will open for their next token.
+        return bm.num_free_blocks - need - self._resume_growth >= bm.watermark_blocks
+
+    def _resume_swapped(self, now: float) -> list[Request]:
+        """Swap requests back in, FCFS, while their blocks fit and slots allow; returns the resumed ones.
+
+        Never in a step that preempted (it would swap straight back out). A resumed request is RUNNING again
+        with every counter as it was: a decode (only its last sampled token uncomputed) joins ``decoding``, a
+        request swapped mid-prefill ``prefilling``. The caller may schedule the resumed decodes this step.
+        """
+        resumed: list[Request] = []
+        swapped, bm = self.swapped, self.block_manager
+        self._resume_growth = 0
+        while swapped and not self._step_preempted and self.num_running < self.max_num_seqs:
+            request = swapped[0]
+            if not self._admit_swapped(request):
+                break
+            swapped.popleft()
+            self._step_swap_in += bm.swap_in(request.req_id, use_watermark=False)
+            self._step_swapped_in.append(request.req_id)
+            self._resume_growth += bm.blocks_for(request.num_computed_tokens + 1) - bm.num_blocks_of(request.req_id)
+            request.status = RequestStatus.RUNNING
+            if request.num_output_tokens and request.num_uncomputed_tokens == 1:
+                self.decoding.append(request)
+            else:
+                self.prefilling.append(request)
+            resumed.append(request)
+        return resumed
+
+    def _schedule_resumed(self, output: SchedulerOutput, now: float, limit: int) -> int:
+        """Resume swapped requests and give the resumed decodes their token this step; returns how many ran."""
+        resumed = self._resume_swapped(now)
+        decodes = [r for r in resumed if r in self.decoding]
+        return self._schedule_decodes(output, decodes, now, limit) if decodes and limit > 0 else 0
+
+    def _grow(self, request: Request, num_tokens: int) -> bool:
+        """Make room for ``request`` to hold ``num_tokens`` tokens (a decode's next block); False if impossible."""
+        return self.block_manager.append_slot(request.req_id, num_tokens)
 
     def _preempt_until_slot(self, request: Request, now: float, scheduled: set[str] | dict[str, int]) -> bool:
         """Preempt victims until ``request`` can grow by one token; False if ``request`` itself was the victim.
@@ -163,9 +296,8 @@ class BaseScheduler:
         Victims come only from running requests not yet scheduled in this step, so a batch under construction is
         never invalidated.
         """
-        bm = self.block_manager
         target = request.num_computed_tokens + 1
-        while not bm.append_slot(request.req_id, target):
+        while not self._grow(request, target):
             candidates = [r for r in self.running if r.req_id not in scheduled]
             victim = self.pick_victim(candidates)
             self._preempt(victim, now)
@@ -192,7 +324,7 @@ class BaseScheduler:
             ctx = request.num_computed_tokens + 1
             # Only a token that opens a new block can need one (tables never fall short of computed tokens).
             if not (ctx - 1) % block_size and ctx > len(tables[request.req_id]) * block_size \
-                    and not bm.append_slot(request.req_id, ctx):
+                    and not self._grow(request, ctx):
                 preempted_any = True
                 if not self._preempt_until_slot(request, now, self._scheduled_ids(output, batch, request)):
                     continue
@@ -225,13 +357,17 @@ class BaseScheduler:
         output.num_scheduled_tokens[request.req_id] = num_new_tokens
         output.prefill_chunks.append((num_new_tokens, before))
         output.prefill_req_ids.append(request.req_id)
+        if before < request.recompute_until:
+            output.recompute_req_ids.append(request.req_id)
+            output.num_recompute_tokens += min(before + num_new_tokens, request.recompute_until) - before
         if request.num_computed_tokens == request.num_prompt_tokens + request.num_output_tokens:
             output.prefill_done_req_ids.append(request.req_id)
 
     def _schedule_stall_free(self, now: float, token_budget: int, chunk_align: int) -> SchedulerOutput:
         """Sarathi-Serve's stall-free hybrid batch under a fixed token budget (algorithms.md section 4).
 
-        1. every running decode gets its token (preempting the latest arrival when KV runs out);
+        1. every running decode gets its token (preempting the latest arrival when KV runs out), then swapped
+           requests resume if no one was preempted;
         2. ongoing partial prefills (including recomputes) continue, FCFS, in chunks;
         3. new prompts are admitted FCFS while the budget, ``max_num_seqs`` and KV (whole prompt, watermark) allow.
         A chunk smaller than what remains is rounded down to a multiple of ``chunk_align``; a prompt's final
@@ -239,9 +375,11 @@ class BaseScheduler:
         """
         output = self._new_output()
         decodes = list(self.decoding)
-        partials = list(self.prefilling)
         # NOTE(accelgen): decodes beyond the budget wait a step; with the default budgets (>= max_num_seqs) never.
         n = self._schedule_decodes(output, decodes, now, token_budget)
+        if self.swapped:
+            n += self._schedule_resumed(output, now, token_budget - n)
+        partials = [r for r in self.prefilling if r.req_id not in output.num_scheduled_tokens]
 
         # Next, continue partial prefills.
         for request in partials:
@@ -316,6 +454,11 @@ class BaseScheduler:
         # Preemptions made while building this step are reported with it.
         output.preempted_req_ids.extend(self._step_preempted)
         self._step_preempted = []
+        if self._step_swapped_out or self._step_swapped_in:
+            output.swapped_out_req_ids, self._step_swapped_out = self._step_swapped_out, []
+            output.swapped_in_req_ids, self._step_swapped_in = self._step_swapped_in, []
+            output.blocks_to_swap_out, self._step_swap_out = self._step_swap_out, []
+            output.blocks_to_swap_in, self._step_swap_in = self._step_swap_in, []
         # (The per-step token budget is checked by every policy's own loop and by the contract tests.)
         assert self.num_running <= self.max_num_seqs
         return output

@@ -78,7 +78,7 @@ class Engine:
             result = executor.execute(output)
             clock.advance(result.step_time)
             finished = scheduler.update_from_output(output, result, clock.now())
-            log.log_step(start, output, result.step_time)
+            log.log_step(start, output, result.step_time, result.swap_time, result.recompute_time)
             num_done += len(finished)
             num_steps += 1
             if progress is not None and not num_steps % 512:

@@ -54,6 +54,13 @@ class CostModel(Protocol):
 
 
 @runtime_checkable
+class KVTransferModel(Protocol):
+    """Time to move KV blocks between GPU and CPU swap space, one direction (algorithms.md section 7.5)."""
+
+    def swap_time_s(self, num_blocks: int) -> float: ...
+
+
+@runtime_checkable
 class RequestSource(Protocol):
     """Arrivals, in time order. The engine pulls from it; ``runtime.sim.workload.Workload`` implements it."""
 

@@ -13,7 +13,10 @@ Notation: ``R_arr`` every request that arrived (rejected ones included), ``R_fin
   goodput_rps = |meets SLO| / D, goodput_tps = Σ_{meets SLO} o_r / D.
 * Tails use numpy's ``linear`` percentile: ``ttft_*`` over requests, ``tbt_p*`` over the pooled gaps of all finished
   requests, ``tbt_max_p99_s`` over each request's largest gap; normalized latency = mean_{R_fin} JCT_r / o_r.
-* ``warmup_s`` drops requests arriving before t_start + warmup_s from every metric.
+* ``warmup_s`` drops requests arriving before t_start + warmup_s from every metric (not from ``kv_activity``).
+* Preemptions: ``num_preemptions`` = ``num_swaps`` + ``num_recomputes`` (per request and in total);
+  ``kv_activity`` adds, from the iteration log, the blocks swapped each way, the swap transfer time, the tokens
+  recomputed and their marginal time (both already inside the steps' durations).
 """
 from __future__ import annotations
 
@@ -103,6 +106,7 @@ def requests_frame(
             "tbt_p99_s": p99_gap,
             "max_prefill_step_s": [r.max_prefill_step_time for r in requests],
             "num_preemptions": np.array([r.num_preemptions for r in requests], dtype=np.int64),
+            "num_swaps": np.array([r.num_swaps for r in requests], dtype=np.int64),
             "status": [r.status.name for r in requests],
             "rejection_reason": [r.rejection_reason or "" for r in requests],
         }
@@ -185,6 +189,19 @@ def summarise(
         "jct_p99_s": _pct(fin["jct_s"].to_numpy(), 99),
         "normalized_latency_s_per_token": float((fin["jct_s"] / fin["num_output_tokens"]).mean()) if len(fin) else None,
         "num_preemptions": int(d["num_preemptions"].sum()),
+        "num_swaps": int(d["num_swaps"].sum()),
+        "num_recomputes": int(d["num_preemptions"].sum() - d["num_swaps"].sum()),
         "warmup_s": warmup_s,
     }
     return summary
+
+
+def kv_activity(iterations: pd.DataFrame) -> dict:
+    """Run totals of KV swapping and recompute from ``iterations.parquet`` rows (module docstring)."""
+    return {
+        "swap_out_blocks": int(iterations["swap_out_blocks"].sum()),
+        "swap_in_blocks": int(iterations["swap_in_blocks"].sum()),
+        "swap_time_s": float(iterations["swap_time_s"].sum()),
+        "recompute_tokens": int(iterations["recompute_tokens"].sum()),
+        "recompute_time_s": float(iterations["recompute_time_s"].sum()),
+    }

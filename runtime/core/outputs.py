@@ -24,7 +24,18 @@ class SchedulerOutput:
     prefill_req_ids: list[str] = field(default_factory=list)
     # Prefill-phase members whose final chunk runs this step: they emit their next (first) token.
     prefill_done_req_ids: list[str] = field(default_factory=list)
+    # Every request preempted while this step was built; the swapped subset is in swapped_out_req_ids, the rest
+    # were preempted by recompute.
     preempted_req_ids: list[str] = field(default_factory=list)
+    swapped_out_req_ids: list[str] = field(default_factory=list)
+    swapped_in_req_ids: list[str] = field(default_factory=list)
+    # Block copies the executor performs before the step: (GPU, CPU) pairs out, (CPU, GPU) pairs in.
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
+    # Prefill-phase members that recompute KV dropped by a recompute preemption (a subset of prefill_req_ids),
+    # and how many of the step's prefill tokens are such recomputes.
+    recompute_req_ids: list[str] = field(default_factory=list)
+    num_recompute_tokens: int = 0
     # Freed since the last step without finishing normally: rejected or aborted.
     finished_req_ids: list[str] = field(default_factory=list)
     # Blocks in use after this step's allocations (for the iteration log).
@@ -61,5 +72,9 @@ class StepResult:
 
     # Only for requests whose computed count reached num_tokens this step; the simulator samples placeholders.
     sampled_token_ids: dict[str, int]
-    # Seconds: predicted by the cost model (simulator) or measured on the device (live runtime).
+    # Seconds: predicted by the cost model (simulator) or measured on the device (live runtime). Includes the
+    # swap transfers, which stall the whole step.
     step_time: float
+    # Parts of step_time: the KV swap transfers, and the marginal time of the recompute chunks.
+    swap_time: float = 0.0
+    recompute_time: float = 0.0

@@ -6,7 +6,8 @@ request holds now (prompt plus sampled outputs); ``num_computed_tokens`` is how 
 the cache. There is no separate prefill/decode state: a step computes ``num_tokens - num_computed_tokens``
 tokens or fewer (a chunk), and when the computed count reaches ``num_tokens`` a new token is sampled. After a
 recompute preemption ``num_computed_tokens`` drops to 0 and the prompt plus the outputs so far are prefilled
-again; the step that finishes that re-prefill samples the next output token.
+again; the step that finishes that re-prefill samples the next output token. After a swap preemption the KV
+waits in CPU memory and every counter is kept, so the request resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ class Request:
 
     __slots__ = (
         "req_id", "arrival_time", "num_prompt_tokens", "max_tokens", "app", "slo_class", "ttft_slo_s",
-        "tbt_slo_s", "status", "num_computed_tokens", "num_output_tokens", "num_preemptions", "token_times",
-        "times", "max_prefill_step_time", "rejection_reason", "output_token_ids",
+        "tbt_slo_s", "status", "num_computed_tokens", "num_output_tokens", "num_preemptions", "num_swaps",
+        "recompute_until", "token_times", "times", "max_prefill_step_time", "rejection_reason", "output_token_ids",
     )
 
     def __init__(
@@ -82,6 +83,10 @@ class Request:
         self.num_computed_tokens = 0
         self.num_output_tokens = 0
         self.num_preemptions = 0
+        # Preemptions by swapping (a subset of num_preemptions; the rest recomputed).
+        self.num_swaps = 0
+        # After a recompute preemption, tokens [0, recompute_until) had their KV computed once already.
+        self.recompute_until = 0
         # Emission time of every output token: TTFT is token_times[0] - arrival_time, TBT gaps are its diffs.
         self.token_times: list[float] = []
         self.times = RequestTimes()

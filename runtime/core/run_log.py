@@ -20,7 +20,8 @@ class IterationLog:
     """Columnar per-step log (the ``iterations.parquet`` schema)."""
 
     __slots__ = ("start", "duration", "prefill_tokens", "decode_tokens", "batch_size", "kv_blocks_used", "preempted",
-                 "step_cap")
+                 "step_cap", "swapped_out", "swap_out_blocks", "swap_in_blocks", "swap_time", "recompute_tokens",
+                 "recompute_time")
 
     def __init__(self) -> None:
         self.start: list[float] = []
@@ -31,8 +32,16 @@ class IterationLog:
         self.kv_blocks_used: list[int] = []
         self.preempted: list[int] = []
         self.step_cap: list[float] = []
+        # KV swapping and recompute (algorithms.md section 7.5): per step, sparse in practice.
+        self.swapped_out: list[int] = []
+        self.swap_out_blocks: list[int] = []
+        self.swap_in_blocks: list[int] = []
+        self.swap_time: list[float] = []
+        self.recompute_tokens: list[int] = []
+        self.recompute_time: list[float] = []
 
-    def log_step(self, start: float, output: SchedulerOutput, step_time: float) -> None:
+    def log_step(self, start: float, output: SchedulerOutput, step_time: float, swap_time: float = 0.0,
+                 recompute_time: float = 0.0) -> None:
         self.start.append(start)
         self.duration.append(step_time)
         self.prefill_tokens.append(output.num_prefill_tokens if output.prefill_chunks else 0)
@@ -42,6 +51,12 @@ class IterationLog:
         self.preempted.append(len(output.preempted_req_ids))
         cap = output.step_cap_s
         self.step_cap.append(math.nan if cap is None else cap)
+        self.swapped_out.append(len(output.swapped_out_req_ids))
+        self.swap_out_blocks.append(len(output.blocks_to_swap_out))
+        self.swap_in_blocks.append(len(output.blocks_to_swap_in))
+        self.swap_time.append(swap_time)
+        self.recompute_tokens.append(output.num_recompute_tokens)
+        self.recompute_time.append(recompute_time)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -58,6 +73,12 @@ class IterationLog:
                 "kv_blocks_used": pd.array(self.kv_blocks_used, dtype="int64"),
                 "num_preempted": pd.array(self.preempted, dtype="int64"),
                 "step_cap_s": pd.array(self.step_cap, dtype="float64"),
+                "num_swapped_out": pd.array(self.swapped_out, dtype="int64"),
+                "swap_out_blocks": pd.array(self.swap_out_blocks, dtype="int64"),
+                "swap_in_blocks": pd.array(self.swap_in_blocks, dtype="int64"),
+                "swap_time_s": pd.array(self.swap_time, dtype="float64"),
+                "recompute_tokens": pd.array(self.recompute_tokens, dtype="int64"),
+                "recompute_time_s": pd.array(self.recompute_time, dtype="float64"),
             }
         )
 

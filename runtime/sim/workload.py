@@ -17,6 +17,17 @@ The YAML gives the scalars and dicts; the CLI passes the run-time objects ``slo_
   decode time and KV growth, which is what the schedulers compete on; a long prompt loses its head, as vLLM's
   prompt truncation does. ``Workload.num_clipped`` counts the requests changed.
 * ``"keep"``: lengths are left as they are; the scheduler rejects what cannot fit, with a reason.
+
+**Training split.** Policies that learn output lengths offline (CacheOPT's predictors, algorithms.md section 7.1)
+read ``Workload.training_frame()``: a DataFrame with columns ``app``, ``slo_class``, ``num_prompt_tokens``,
+``num_output_tokens`` of requests that are *not* replayed, or None. Each builder takes ``num_train_requests``
+(default 2000; 0 = no split) and applies the same ``length_policy`` to the split as to the replay:
+
+* ``mixed_workload`` draws that many extra requests from the same tables and weights, from a second RNG stream
+  ``default_rng([seed, 0x7E57])``, so the replayed requests are byte-identical whatever ``num_train_requests`` is.
+* The trace builders take trace rows that are not replayed, at most ``num_train_requests``: first the rows before
+  the first replayed row (the latest of them: the history just before the replay, as a deployed predictor would
+  see), then the remaining unreplayed rows in file order. A replay that uses every row has no split (None).
 """
 from __future__ import annotations
 
@@ -38,13 +49,17 @@ from runtime.sim.length_tables import LengthTable
 from runtime.sim.traces import read_azure_trace, read_length_trace, rescale_arrivals, select_window
 
 LENGTH_POLICIES = ("clip", "keep")
+TRAINING_COLUMNS = ("app", "slo_class", "num_prompt_tokens", "num_output_tokens")
+# Second seed word (arbitrary) of the training split's RNG stream, so it never shares draws with the replay.
+_TRAIN_STREAM = 0x7E57
 
 
 class Workload:
     """Requests in arrival order, released lazily by ``arrivals_until(now)`` (implements ``RequestSource``).
 
     Request ``i`` (0-based, arrival order) gets ``req_id = f"r{i}"``, its application's name and SLO class, and
-    that class's ``ttft_slo_s``/``tbt_slo_s``. Equal arrival times keep array order.
+    that class's ``ttft_slo_s``/``tbt_slo_s``. Equal arrival times keep array order. ``training`` is the optional
+    training split (module docstring), returned by ``training_frame()``.
     """
 
     def __init__(
@@ -59,6 +74,7 @@ class Workload:
         app_slo_classes: Sequence[str],
         slo_classes: Mapping[str, SLOClass],
         num_clipped: int = 0,
+        training: pd.DataFrame | None = None,
     ) -> None:
         self.name = name
         self.arrival_time = np.asarray(arrival_time, dtype=np.float64)
@@ -87,6 +103,7 @@ class Workload:
             (app, slo, classes[slo].ttft_slo_s, classes[slo].tbt_slo_s)
             for app, slo in zip(self.apps, (_check_slo_class(s, classes) for s in self.app_slo_classes))
         ]
+        self._training = _check_training(name, training)
         self._cursor = 0
         self._num = n
         self._rows: tuple[list, list, list, list] | None = None
@@ -136,6 +153,10 @@ class Workload:
             "slo_class": slos,
         })
 
+    def training_frame(self) -> pd.DataFrame | None:
+        """The training split (columns ``TRAINING_COLUMNS``, requests not replayed), or None; a copy."""
+        return None if self._training is None else self._training.copy()
+
     def __repr__(self) -> str:
         return f"Workload({self.name!r}, num_requests={len(self)}, apps={self.apps}, released={self._cursor})"
 
@@ -169,6 +190,7 @@ def mixed_workload(
     arrival: Mapping[str, Any],
     applications: Mapping[str, Mapping[str, Any]],
     length_policy: str = "clip",
+    num_train_requests: int = 2000,
     slo_classes: Mapping[str, SLOClass],
     max_model_len: int,
     seed: int | None,
@@ -179,9 +201,11 @@ def mixed_workload(
     switches an application off. Draws from one ``default_rng(seed)`` in a fixed order: (1) the application of
     every request, (2) the lengths of each application's requests, applications in config order, (3) the
     arrival times. Arrivals come last, so a rate sweep with one seed keeps the same requests and only rescales
-    their gaps.
+    their gaps. The training split (``num_train_requests`` requests) repeats steps (1) and (2) on its own stream
+    ``default_rng([seed, 0x7E57])`` (fresh entropy when ``seed`` is None).
     """
     num_requests = _check_num_requests(num_requests)
+    num_train = _check_num_train(num_train_requests)
     classes = _as_slo_classes(slo_classes)
     if not applications:
         raise ConfigError("workload.applications is empty; give at least one {lengths, slo_class, weight}")
@@ -206,16 +230,31 @@ def mixed_workload(
     if not total > 0:
         raise ConfigError(f"workload.applications: weights must sum to > 0, got {dict(zip(apps, weights))}")
 
+    probs = np.asarray(weights) / total
+
+    def draw_requests(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # (1) applications, (2) lengths per application: this order is part of the seed contract.
+        app_index = rng.choice(len(apps), size=n, p=probs)
+        prompt = np.empty(n, dtype=np.int64)
+        output = np.empty(n, dtype=np.int64)
+        for k, table in enumerate(tables):
+            mask = app_index == k
+            prompt[mask], output[mask] = table.sample(int(mask.sum()), rng)
+        return app_index, prompt, output
+
     rng = np.random.default_rng(seed)
-    # (1) applications, (2) lengths per application, (3) arrivals: this order is part of the seed contract.
-    app_index = rng.choice(len(apps), size=num_requests, p=np.asarray(weights) / total)
-    prompt = np.empty(num_requests, dtype=np.int64)
-    output = np.empty(num_requests, dtype=np.int64)
-    for k, table in enumerate(tables):
-        mask = app_index == k
-        prompt[mask], output[mask] = table.sample(int(mask.sum()), rng)
+    app_index, prompt, output = draw_requests(num_requests, rng)
+    # (3) arrivals.
     arrival_time = sample_arrivals(num_requests, arrival, rng)
-    return _build(name, arrival_time, prompt, output, app_index, apps, app_slo, classes, length_policy, max_model_len)
+    training = None
+    if num_train > 0:
+        # A separate stream, drawn after the replay: the replayed requests never depend on num_train_requests.
+        train_rng = np.random.default_rng(None if seed is None else [int(seed), _TRAIN_STREAM])
+        t_app, t_prompt, t_output = draw_requests(num_train, train_rng)
+        training = _training_frame(t_prompt, t_output, np.asarray(apps, dtype=object)[t_app],
+                                   np.asarray(app_slo, dtype=object)[t_app], length_policy, max_model_len)
+    return _build(name, arrival_time, prompt, output, app_index, apps, app_slo, classes, length_policy, max_model_len,
+                  training)
 
 
 def trace_workload(
@@ -230,6 +269,7 @@ def trace_workload(
     start_s: float = 0.0,
     duration_s: float | None = None,
     length_policy: str = "clip",
+    num_train_requests: int = 2000,
     slo_classes: Mapping[str, SLOClass],
     max_model_len: int,
     seed: int | None = None,
@@ -240,7 +280,8 @@ def trace_workload(
     ``[start_s, start_s + duration_s)`` (seconds from the file's first request); keep the first ``max_requests``;
     shift times so the window starts at 0; then either multiply all times by ``time_scale`` (2 = half the rate)
     or, with ``target_rate``, stretch the gaps so the mean rate ``num_requests / (last - first arrival)`` (the
-    data README's definition) equals ``target_rate`` req/s.
+    data README's definition) equals ``target_rate`` req/s. The training split is taken from the rows outside the
+    window or past ``max_requests`` (module docstring).
     """
     classes = _as_slo_classes(slo_classes)
     slo = _check_slo_class(slo_class, classes)
@@ -255,9 +296,13 @@ def trace_workload(
         check_positive("workload.duration_s", duration_s)
     if max_requests is not None:
         max_requests = _check_num_requests(max_requests, key="max_requests")
+    num_train = _check_num_train(num_train_requests)
 
     trace = read_azure_trace(_check_trace_exists(path))
-    window = select_window(trace, start_s=start_s, duration_s=duration_s, max_requests=max_requests)
+    # A row-number column rides through select_window so we know which trace rows are replayed.
+    window = select_window(trace.assign(_row=np.arange(len(trace))), start_s=start_s, duration_s=duration_s,
+                           max_requests=max_requests)
+    replayed = window.pop("_row").to_numpy()
     if len(window) == 0:
         raise WorkloadError(f"{path}: no requests left after truncation (start_s={start_s}, duration_s={duration_s}, "
                             f"max_requests={max_requests}; the trace spans {trace['arrival_time'].iloc[-1]:.1f} s)")
@@ -268,7 +313,9 @@ def trace_workload(
     prompt = window["num_prompt_tokens"].to_numpy()
     output = window["num_output_tokens"].to_numpy()
     app_index = np.zeros(len(window), dtype=np.int32)
-    return _build(name, arrival_time, prompt, output, app_index, [app], [slo], classes, length_policy, max_model_len)
+    training = _trace_training(trace, replayed, num_train, app, slo, length_policy, max_model_len)
+    return _build(name, arrival_time, prompt, output, app_index, [app], [slo], classes, length_policy, max_model_len,
+                  training)
 
 
 def length_trace_workload(
@@ -281,6 +328,7 @@ def length_trace_workload(
     num_requests: int | None = None,
     order: str = "sample",
     length_policy: str = "clip",
+    num_train_requests: int = 2000,
     slo_classes: Mapping[str, SLOClass],
     max_model_len: int,
     seed: int | None,
@@ -288,10 +336,13 @@ def length_trace_workload(
     """Lengths from the rows of a ShareGPT/arXiv length trace, arrival times from ``arrival``.
 
     ``order="sample"`` draws ``num_requests`` rows uniformly with replacement (default: as many as the file has);
-    ``order="file"`` takes the first ``num_requests`` rows in file order. Draw order: rows, then arrivals.
+    ``order="file"`` takes the first ``num_requests`` rows in file order. Draw order: rows, then arrivals. The
+    training split is taken from the rows never replayed (module docstring); with ``order="sample"`` these are the
+    rows no draw hit, so no training row's lengths leak into the replay.
     """
     classes = _as_slo_classes(slo_classes)
     slo = _check_slo_class(slo_class, classes)
+    num_train = _check_num_train(num_train_requests)
     trace = read_length_trace(_check_trace_exists(path))
     num_rows = len(trace)
     num_requests = _check_num_requests(num_rows if num_requests is None else num_requests)
@@ -308,7 +359,9 @@ def length_trace_workload(
     output = trace["num_output_tokens"].to_numpy()[rows]
     arrival_time = sample_arrivals(num_requests, arrival, rng)
     app_index = np.zeros(num_requests, dtype=np.int32)
-    return _build(name, arrival_time, prompt, output, app_index, [app], [slo], classes, length_policy, max_model_len)
+    training = _trace_training(trace, rows, num_train, app, slo, length_policy, max_model_len)
+    return _build(name, arrival_time, prompt, output, app_index, [app], [slo], classes, length_policy, max_model_len,
+                  training)
 
 
 def apply_length_policy(
@@ -328,12 +381,59 @@ def apply_length_policy(
 
 
 # Helpers ---------------------------------------------------------------------------------------------------------
-def _build(name, arrival_time, prompt, output, app_index, apps, app_slo, classes, length_policy, max_model_len):
+def _build(name, arrival_time, prompt, output, app_index, apps, app_slo, classes, length_policy, max_model_len,
+           training=None):
     prompt, output, num_clipped = apply_length_policy(prompt, output, length_policy, max_model_len)
     return Workload(
         name=name, arrival_time=arrival_time, num_prompt_tokens=prompt, num_output_tokens=output,
         app_index=app_index, apps=apps, app_slo_classes=app_slo, slo_classes=classes, num_clipped=num_clipped,
+        training=training,
     )
+
+
+def _training_frame(prompt, output, app_names, slo_names, length_policy, max_model_len) -> pd.DataFrame:
+    # The same length policy as the replay: a predictor must learn the lengths it will be asked about.
+    prompt, output, _ = apply_length_policy(prompt, output, length_policy, max_model_len)
+    return pd.DataFrame({
+        "app": pd.Series(app_names, dtype=object),
+        "slo_class": pd.Series(slo_names, dtype=object),
+        "num_prompt_tokens": np.asarray(prompt, dtype=np.int64),
+        "num_output_tokens": np.asarray(output, dtype=np.int64),
+    })
+
+
+def _trace_training(trace: pd.DataFrame, replayed: np.ndarray, num_train: int, app: str, slo: str, length_policy,
+                    max_model_len) -> pd.DataFrame | None:
+    """Up to ``num_train`` trace rows not in ``replayed``: the latest rows before the first replayed row, then the
+    other unreplayed rows in file order (module docstring); None when there are none or ``num_train`` is 0."""
+    if num_train == 0:
+        return None
+    unused = np.setdiff1d(np.arange(len(trace)), replayed)
+    if len(unused) == 0:
+        return None
+    first = int(replayed.min())
+    before, after = unused[unused < first], unused[unused > first]
+    take_before = before[len(before) - min(num_train, len(before)):]
+    rows = np.concatenate([take_before, after[:num_train - len(take_before)]])
+    n = len(rows)
+    return _training_frame(trace["num_prompt_tokens"].to_numpy()[rows], trace["num_output_tokens"].to_numpy()[rows],
+                           np.full(n, app, dtype=object), np.full(n, slo, dtype=object), length_policy, max_model_len)
+
+
+def _check_training(name: str, training: pd.DataFrame | None) -> pd.DataFrame | None:
+    if training is None or len(training) == 0:
+        return None
+    missing = [c for c in TRAINING_COLUMNS if c not in training.columns]
+    if missing:
+        raise WorkloadError(
+            f"workload {name!r}: training split lacks column(s) {missing}; expected {list(TRAINING_COLUMNS)}")
+    frame = training.loc[:, list(TRAINING_COLUMNS)].reset_index(drop=True)
+    for column in ("num_prompt_tokens", "num_output_tokens"):
+        frame[column] = frame[column].astype(np.int64)
+        bad = frame[column].to_numpy() < 1
+        if bad.any():
+            raise WorkloadError(f"workload {name!r}: training row {int(np.argmax(bad))}: {column} must be >= 1")
+    return frame
 
 
 def _as_slo_classes(slo_classes: Mapping[str, Any]) -> dict[str, SLOClass]:
@@ -359,6 +459,12 @@ def _check_slo_class(name: str, classes: Mapping[str, SLOClass], key: str = "wor
 def _check_num_requests(n: Any, key: str = "num_requests") -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"workload.{key} must be an integer >= 1, got {n!r}")
+    return int(n)
+
+
+def _check_num_train(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ConfigError(f"workload.num_train_requests must be an integer >= 0 (0: no training split), got {n!r}")
     return int(n)
 
 

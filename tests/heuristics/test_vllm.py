@@ -87,7 +87,7 @@ def test_request_whose_recompute_exceeds_step_cap_is_rejected_with_reason():
 @pytest.mark.parametrize("overrides, key", [
     ({"max_num_batched_tokens": 100, "max_num_seqs": 256}, "max_num_seqs"),
     ({"chunked_prefill": True, "max_num_batched_tokens": 16, "chunk_align": 32}, "chunk_align"),
-    ({"preemption_mode": "swap"}, "preemption_mode"),
+    ({"preemption_mode": "swapp"}, "preemption_mode"),
 ])
 def test_impossible_configs_are_config_errors(overrides, key):
     with pytest.raises(ConfigError, match=key):

@@ -240,6 +240,107 @@ def test_length_trace_workload(tmp_path):
         length_trace_workload(**kwargs, num_requests=21, order="file", seed=0)
 
 
+# Training split --------------------------------------------------------------------------------------------------
+TRAIN_COLUMNS = ["app", "slo_class", "num_prompt_tokens", "num_output_tokens"]
+
+
+def test_mixed_training_split_leaves_the_replay_unchanged():
+    base = _mixed(seed=5, num_train_requests=0)
+    assert base.training_frame() is None
+    for num_train in (1, 2000, 7000):
+        w = _mixed(seed=5, num_train_requests=num_train)
+        for field in ("arrival_time", "num_prompt_tokens", "num_output_tokens", "app_index"):
+            np.testing.assert_array_equal(getattr(w, field), getattr(base, field))
+        assert len(w.training_frame()) == num_train
+
+
+def test_mixed_training_split_contents():
+    w = _mixed(num_requests=2000, num_train_requests=3000, max_model_len=2048, seed=1)
+    train = w.training_frame()
+    assert list(train.columns) == TRAIN_COLUMNS and len(train) == 3000
+    assert train["num_prompt_tokens"].dtype == np.int64 and train["num_output_tokens"].dtype == np.int64
+    # A different stream from the replay, the same tables, weights, classes and length policy.
+    replay = w.to_frame()
+    assert not np.array_equal(train["num_output_tokens"].to_numpy()[:2000], replay["num_output_tokens"].to_numpy())
+    assert train["app"].value_counts(normalize=True)["chat"] == pytest.approx(0.5, abs=0.04)
+    assert set(train.groupby("app")["slo_class"].first().items()) == {
+        ("chat", "tight"), ("code", "medium"), ("summarization", "loose")}
+    means = train.groupby("app")["num_output_tokens"].mean()
+    assert means["code"] < 40 < 150 < means["chat"]
+    assert (train["num_prompt_tokens"] + train["num_output_tokens"]).max() <= 2048
+    # Seeded: the same seed gives the same split, another seed another one; a copy is returned each time.
+    np.testing.assert_array_equal(_mixed(num_train_requests=3000, max_model_len=2048, seed=1).training_frame(), train)
+    assert not _mixed(num_train_requests=3000, seed=2).training_frame().equals(train)
+    train.loc[0, "num_output_tokens"] = -1
+    assert w.training_frame().loc[0, "num_output_tokens"] >= 1
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_num_train_requests_validation(bad, tmp_path):
+    with pytest.raises(ConfigError, match="num_train_requests"):
+        _mixed(num_train_requests=bad)
+    with pytest.raises(ConfigError, match="num_train_requests"):
+        _trace(_write_azure(tmp_path, [0.0, 1.0]), num_train_requests=bad)
+
+
+def _write_numbered_azure(tmp_path: Path, n: int) -> Path:
+    """Row i (0-based) arrives at i seconds with output i + 1 and prompt 10 (i + 1), so lengths name the row."""
+    path = tmp_path / "numbered.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{i},{10 * (i + 1)},{i + 1}\n" for i in range(n)))
+    return path
+
+
+def test_trace_training_split_is_the_unreplayed_rows(tmp_path):
+    path = _write_numbered_azure(tmp_path, 20)
+    # Replay rows 8..11 (t in [8, 12)); the split prefers the latest rows before the window, then the rows after.
+    w = _trace(path, start_s=8.0, duration_s=4.0, num_train_requests=10)
+    assert w.num_output_tokens.tolist() == [9, 10, 11, 12]
+    train = w.training_frame()
+    assert list(train.columns) == TRAIN_COLUMNS
+    assert train["num_output_tokens"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 13, 14]
+    assert (train["num_prompt_tokens"] == 10 * train["num_output_tokens"]).all()
+    assert set(train["app"]) == {"conv"} and set(train["slo_class"]) == {"tight"}
+    assert not set(train["num_output_tokens"]) & set(w.num_output_tokens.tolist())
+    # Fewer wanted than there are rows before: the ones just before the window.
+    assert _trace(path, start_s=8.0, duration_s=4.0, num_train_requests=3).training_frame()[
+        "num_output_tokens"].tolist() == [6, 7, 8]
+    # max_requests: the rows past it are unreplayed too.
+    w = _trace(path, max_requests=15, num_train_requests=100)
+    assert w.training_frame()["num_output_tokens"].tolist() == [16, 17, 18, 19, 20]
+
+
+def test_trace_training_split_absent(tmp_path):
+    path = _write_numbered_azure(tmp_path, 6)
+    assert _trace(path).training_frame() is None                       # the whole trace is replayed
+    assert _trace(path, max_requests=3, num_train_requests=0).training_frame() is None
+
+
+def test_trace_training_split_follows_the_length_policy(tmp_path):
+    path = _write_azure(tmp_path, [0.0, 1.0, 2.0, 3.0], prompt=5000, output=10)
+    train = _trace(path, max_requests=2).training_frame()
+    assert train["num_prompt_tokens"].tolist() == [4086, 4086]
+    assert _trace(path, max_requests=2, length_policy="keep").training_frame()["num_prompt_tokens"].tolist() == [5000] * 2
+
+
+def test_length_trace_training_split(tmp_path):
+    path = tmp_path / "lengths.csv"
+    path.write_text("num_prefill_tokens,num_decode_tokens\n" + "".join(f"{10 * i},{i}\n" for i in range(1, 21)))
+    kwargs = dict(name="l", path=path, app="chat", slo_class="tight", arrival={"rate": 2.0}, slo_classes=SLO,
+                  max_model_len=4096)
+    in_order = length_trace_workload(**kwargs, num_requests=5, order="file", seed=0, num_train_requests=4)
+    assert in_order.training_frame()["num_output_tokens"].tolist() == [6, 7, 8, 9]
+    sampled = length_trace_workload(**kwargs, num_requests=10, seed=3)
+    train = sampled.training_frame()
+    replayed = set(sampled.num_output_tokens.tolist())
+    assert len(train) == 20 - len(replayed)
+    assert not set(train["num_output_tokens"]) & replayed
+    # The training split draws nothing: the replay is the same with or without it.
+    np.testing.assert_array_equal(
+        length_trace_workload(**kwargs, num_requests=10, seed=3, num_train_requests=0).num_output_tokens,
+        sampled.num_output_tokens)
+    assert length_trace_workload(**kwargs, order="file", seed=0).training_frame() is None
+
+
 # Hydra configs ---------------------------------------------------------------------------------------------------
 def _compose(name: str, shared_data: Path | str = SHARED_DATA):
     with initialize_config_dir(version_base="1.3", config_dir=str(WORKLOAD_CONF)):
