@@ -97,7 +97,7 @@ class ClassQuantilePredictor(OutputLengthPredictor):
     needs_training = True
 
     def __init__(self, quantile: float = 0.5) -> None:
-        self.quantile = _check_unit("scheduler.quantile", quantile, closed=True)
+        self.quantile = _check_unit("scheduler.cacheopt.quantile", quantile, closed=True)
         self.by_app: dict[str, float] = {}
         self.by_slo: dict[str, float] = {}
         self.overall = math.nan
@@ -179,9 +179,9 @@ class NoisyPredictor(OutputLengthPredictor):
     def __init__(self, noise_sigma: float = 0.5, noise_seed: int = 0) -> None:
         if isinstance(noise_sigma, bool) or not (isinstance(noise_sigma, numbers.Real) and math.isfinite(noise_sigma)
                                                  and noise_sigma >= 0):
-            raise ConfigError(f"scheduler.noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+            raise ConfigError(f"scheduler.cacheopt.noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
         if isinstance(noise_seed, bool) or not isinstance(noise_seed, (int, np.integer)) or noise_seed < 0:
-            raise ConfigError(f"scheduler.noise_seed must be an integer >= 0, got {noise_seed!r}")
+            raise ConfigError(f"scheduler.cacheopt.noise_seed must be an integer >= 0, got {noise_seed!r}")
         self.noise_sigma = float(noise_sigma)
         self.noise_seed = int(noise_seed)
         # ε per req_id: a Generator costs tens of µs to build and a request is asked about more than once.
@@ -212,7 +212,7 @@ def make_predictor(kind: str, **params: Any) -> OutputLengthPredictor:
     unknown = sorted(set(params) - set(PARAM_DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"scheduler.predictor: unknown predictor parameter(s) {unknown}; known: {sorted(PARAM_DEFAULTS)}")
+            f"scheduler.cacheopt.predictor: unknown predictor parameter(s) {unknown}; known: {sorted(PARAM_DEFAULTS)}")
     p = {**PARAM_DEFAULTS, **params}
     if kind == "oracle":
         return OraclePredictor()
@@ -222,19 +222,19 @@ def make_predictor(kind: str, **params: Any) -> OutputLengthPredictor:
         return RegressorPredictor()
     if kind == "noisy":
         return NoisyPredictor(noise_sigma=p["noise_sigma"], noise_seed=p["noise_seed"])
-    raise ConfigError(f"scheduler.predictor: unknown predictor {kind!r}; available: {list(PREDICTOR_KINDS)}")
+    raise ConfigError(f"scheduler.cacheopt.predictor: unknown predictor {kind!r}; available: {list(PREDICTOR_KINDS)}")
 
 
 def check_training_frame(frame: pd.DataFrame | None, kind: str) -> pd.DataFrame:
     """``frame`` if it can train a predictor, else a ``ConfigError`` that says what is missing."""
     if frame is None or len(frame) == 0:
         raise ConfigError(
-            f"scheduler.predictor={kind} needs a training split (output lengths to learn from), but the workload has "
+            f"scheduler.cacheopt.predictor={kind} needs a training split (output lengths to learn from), but the workload has "
             "none: use a workload with num_train_requests > 0 (a trace replay that uses every row has none), or "
             "predictor=oracle/noisy")
     missing = [c for c in TRAINING_COLUMNS if c not in frame.columns]
     if missing:
-        raise ConfigError(f"scheduler.predictor={kind}: training split lacks column(s) {missing}; "
+        raise ConfigError(f"scheduler.cacheopt.predictor={kind}: training split lacks column(s) {missing}; "
                           f"expected {list(TRAINING_COLUMNS)}")
     return frame
 

@@ -96,7 +96,7 @@ class ArrivalRate:
     """
 
     def __init__(self, window_s: float = 30.0) -> None:
-        _check_positive("scheduler.rate_window_s", window_s)
+        _check_positive("scheduler.cacheopt.rate_window_s", window_s)
         self.window_s = float(window_s)
         self._times: deque[float] = deque()
         self._last_arrival = -math.inf
@@ -218,19 +218,19 @@ class LengthPlanner:
     ) -> None:
         self.predictor = make_predictor(predictor) if isinstance(predictor, str) else predictor
         if mode not in PADDING_MODES:
-            raise ConfigError(f"scheduler.padding_mode: unknown mode {mode!r}; available: {list(PADDING_MODES)}")
+            raise ConfigError(f"scheduler.cacheopt.padding_mode: unknown mode {mode!r}; available: {list(PADDING_MODES)}")
         if not (_is_real(alpha) and 0.0 < alpha < 1.0):
-            raise ConfigError(f"scheduler.alpha must be a number in (0, 1), got {alpha!r}")
+            raise ConfigError(f"scheduler.cacheopt.alpha must be a number in (0, 1), got {alpha!r}")
         if not (_is_real(beta) and beta >= 0.0):
-            raise ConfigError(f"scheduler.beta must be a finite number >= 0, got {beta!r}")
+            raise ConfigError(f"scheduler.cacheopt.beta must be a finite number >= 0, got {beta!r}")
         if isinstance(hoeffding_n, bool) or not isinstance(hoeffding_n, (int, np.integer)) or hoeffding_n < 1:
-            raise ConfigError(f"scheduler.hoeffding_n must be an integer >= 1, got {hoeffding_n!r}")
+            raise ConfigError(f"scheduler.cacheopt.hoeffding_n must be an integer >= 1, got {hoeffding_n!r}")
         if not (_is_real(calibration_frac) and 0.0 < calibration_frac < 1.0):
-            raise ConfigError(f"scheduler.calibration_frac must be a number in (0, 1), got {calibration_frac!r}")
+            raise ConfigError(f"scheduler.cacheopt.calibration_frac must be a number in (0, 1), got {calibration_frac!r}")
         if isinstance(max_model_len, bool) or not isinstance(max_model_len, (int, np.integer)) or max_model_len < 2:
             raise ConfigError(f"model.max_model_len must be an integer >= 2, got {max_model_len!r}")
         if isinstance(min_group_size, bool) or not isinstance(min_group_size, (int, np.integer)) or min_group_size < 1:
-            raise ConfigError(f"scheduler.min_group_size must be an integer >= 1, got {min_group_size!r}")
+            raise ConfigError(f"scheduler.cacheopt.min_group_size must be an integer >= 1, got {min_group_size!r}")
         self.arrivals = ArrivalRate(rate_window_s)
         self.mode, self.alpha, self.beta = mode, float(alpha), float(beta)
         self.rate_window_s = float(rate_window_s)
@@ -253,8 +253,8 @@ class LengthPlanner:
             num_cal = int(round(n * self.calibration_frac))
             if num_cal < 1 or num_cal >= n:
                 raise ConfigError(
-                    f"scheduler.calibration_frac={self.calibration_frac} leaves no rows to fit or to calibrate on "
-                    f"in a training split of {n} rows (scheduler.predictor={predictor.kind})")
+                    f"scheduler.cacheopt.calibration_frac={self.calibration_frac} leaves no rows to fit or to calibrate on "
+                    f"in a training split of {n} rows (scheduler.cacheopt.predictor={predictor.kind})")
             fit_part, cal_part = frame.iloc[:n - num_cal], frame.iloc[n - num_cal:]
             predictor.fit(fit_part)
         else:

@@ -114,7 +114,7 @@ def test_noisy_predictions_are_at_least_one():
 @pytest.mark.parametrize("kind", ["class_quantile", "regressor"])
 @pytest.mark.parametrize("frame", [None, HAND.iloc[:0]])
 def test_missing_training_split(kind, frame):
-    with pytest.raises(ConfigError, match=f"scheduler.predictor={kind} needs a training split.*workload has none"):
+    with pytest.raises(ConfigError, match=f"scheduler.cacheopt.predictor={kind} needs a training split.*workload has none"):
         make_predictor(kind).fit(frame)
 
 
@@ -126,10 +126,10 @@ def test_predict_before_fit_is_an_error():
 @pytest.mark.parametrize(
     ("kind", "params", "match"),
     [
-        ("lstm", {}, r"scheduler.predictor.*'lstm'.*oracle.*class_quantile.*regressor.*noisy"),
-        ("class_quantile", {"quantile": 1.5}, "scheduler.quantile"),
-        ("noisy", {"noise_sigma": -1.0}, "scheduler.noise_sigma"),
-        ("noisy", {"noise_seed": -2}, "scheduler.noise_seed"),
+        ("lstm", {}, r"scheduler.cacheopt.predictor.*'lstm'.*oracle.*class_quantile.*regressor.*noisy"),
+        ("class_quantile", {"quantile": 1.5}, "scheduler.cacheopt.quantile"),
+        ("noisy", {"noise_sigma": -1.0}, "scheduler.cacheopt.noise_sigma"),
+        ("noisy", {"noise_seed": -2}, "scheduler.cacheopt.noise_seed"),
         ("oracle", {"sigma": 1.0}, "unknown predictor parameter.*sigma"),
     ],
 )

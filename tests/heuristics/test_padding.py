@@ -113,7 +113,7 @@ def test_arrival_rate_divides_by_the_full_window_and_rejects_disorder():
         rate.observe(1.0)
     with pytest.raises(ValueError, match="non-decreasing"):
         rate.rate(2.0)
-    with pytest.raises(ConfigError, match="scheduler.rate_window_s"):
+    with pytest.raises(ConfigError, match="scheduler.cacheopt.rate_window_s"):
         ArrivalRate(window_s=0)
 
 
@@ -235,7 +235,7 @@ def test_planner_needs_calibration_and_a_split():
     planner = LengthPlanner("regressor", max_model_len=4096)
     with pytest.raises(RuntimeError, match="calibrate"):
         planner.target_length(_req(), 0.0)
-    with pytest.raises(ConfigError, match="scheduler.predictor=regressor needs a training split"):
+    with pytest.raises(ConfigError, match="scheduler.cacheopt.predictor=regressor needs a training split"):
         planner.calibrate(None)
     with pytest.raises(ConfigError, match="calibration_frac"):
         LengthPlanner("regressor", max_model_len=4096, calibration_frac=0.9).calibrate(_split(n=3))
@@ -244,14 +244,14 @@ def test_planner_needs_calibration_and_a_split():
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        (dict(mode="gaussian"), "scheduler.padding_mode"),
-        (dict(alpha=1.0), "scheduler.alpha"),
-        (dict(alpha=0.0), "scheduler.alpha"),
-        (dict(beta=-0.1), "scheduler.beta"),
-        (dict(rate_window_s=0.0), "scheduler.rate_window_s"),
-        (dict(hoeffding_n=0), "scheduler.hoeffding_n"),
-        (dict(hoeffding_n=1.5), "scheduler.hoeffding_n"),
-        (dict(calibration_frac=1.0), "scheduler.calibration_frac"),
+        (dict(mode="gaussian"), "scheduler.cacheopt.padding_mode"),
+        (dict(alpha=1.0), "scheduler.cacheopt.alpha"),
+        (dict(alpha=0.0), "scheduler.cacheopt.alpha"),
+        (dict(beta=-0.1), "scheduler.cacheopt.beta"),
+        (dict(rate_window_s=0.0), "scheduler.cacheopt.rate_window_s"),
+        (dict(hoeffding_n=0), "scheduler.cacheopt.hoeffding_n"),
+        (dict(hoeffding_n=1.5), "scheduler.cacheopt.hoeffding_n"),
+        (dict(calibration_frac=1.0), "scheduler.cacheopt.calibration_frac"),
         (dict(max_model_len=1), "max_model_len"),
     ],
 )
