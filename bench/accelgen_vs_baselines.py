@@ -288,8 +288,9 @@ def parse_args(argv):
     return args
 
 
-def select_variants(args) -> dict[str, list[str]]:
-    variants = dict(SUITES[args.suite])
+def select_variants(args, suites: dict | None = None) -> dict[str, list[str]]:
+    """The suite's variants plus ``--variants``, restricted to ``--only`` (``suites``: a bench's own suites)."""
+    variants = dict((suites or SUITES)[args.suite])
     for spec in args.variants:
         name, sep, overrides = spec.partition("=")
         if not sep or not name or not overrides:

@@ -44,6 +44,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accelgen_vs_baselines import (  # noqa: E402
     flatten, markdown_table, ratio, run_all, search, simulate, write_csv)
+from accelgen_vs_baselines import select_variants as _select_variants  # noqa: E402
 
 from runtime.capacity_search import find_violations  # noqa: E402
 from runtime.cli import REPO_ROOT  # noqa: E402
@@ -337,18 +338,7 @@ def parse_args(argv):
 
 
 def select_variants(args) -> dict[str, list[str]]:
-    variants = dict(SUITES[args.suite])
-    for spec in args.variants:
-        name, sep, overrides = spec.partition("=")
-        if not sep or not name or not overrides:
-            raise ConfigError(f"--variants expects NAME=OVERRIDE[,OVERRIDE...], got {spec!r}")
-        variants[name] = overrides.split(",")
-    if args.only:
-        unknown = [n for n in args.only if n not in variants]
-        if unknown:
-            raise ConfigError(f"--only: unknown variant(s) {unknown}; known: {sorted(variants)}")
-        variants = {n: variants[n] for n in args.only}
-    return variants
+    return _select_variants(args, SUITES)
 
 
 def simulate_all(args, variants, seeds, cap_seeds) -> tuple[pd.DataFrame, pd.DataFrame]:
