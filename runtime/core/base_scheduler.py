@@ -271,7 +271,9 @@ class BaseScheduler:
             swapped.popleft()
             self._step_swap_in += bm.swap_in(request.req_id, use_watermark=False)
             self._step_swapped_in.append(request.req_id)
-            self._resume_growth += bm.blocks_for(request.num_computed_tokens + 1) - bm.num_blocks_of(request.req_id)
+            # A request swapped mid-prefill may hold more blocks than its next token needs: that surplus is its
+            # own, not room for the next one, so only growth counts.
+            self._resume_growth += max(0, bm.blocks_for(request.num_computed_tokens + 1) - bm.num_blocks_of(request.req_id))
             request.status = RequestStatus.RUNNING
             if request.num_output_tokens and request.num_uncomputed_tokens == 1:
                 self.decoding.append(request)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from runtime.core.clock import VirtualClock
@@ -129,6 +129,9 @@ def run_once(name, workload, num_blocks, max_num_seqs, max_model_len=512, num_sw
 @pytest.mark.parametrize("name, overrides", VARIANTS, ids=lambda v: v if isinstance(v, str) else
                          ",".join(f"{k}={x}" for k, x in v.items()) or "default")
 @settings(max_examples=25)
+# Found by CI: a request swapped mid-prefill holds more blocks than its next token needs, and that surplus was
+# once counted as room for the next swapped request (swap_in then failed).
+@example(seed=0, n=17, rate=86.0, num_blocks=70, max_num_seqs=11, max_prompt=85, max_output=73)
 @given(seed=st.integers(0, 2**16), n=st.integers(1, 40), rate=st.floats(0.5, 200.0),
        num_blocks=st.integers(70, 400), max_num_seqs=st.integers(1, 16),
        max_prompt=st.integers(1, 400), max_output=st.integers(1, 100))
