@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from runtime.core.clock import VirtualClock
+from runtime.core.clock import VirtualClock, WallClock
 from runtime.core.engine import Engine
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.kv_cache import BlockManager
@@ -87,17 +87,21 @@ def build(cfg: DictConfig) -> dict:
         reference=OmegaConf.to_container(cfg.slo.reference, resolve=True),
     )
     kv = cfg.kv
-    num_blocks = kv.num_blocks
-    if num_blocks is None:
-        num_blocks = num_kv_blocks(model=model, hardware=hardware, block_size=kv.block_size,
-                                   gpu_memory_utilization=kv.gpu_memory_utilization)
-    num_blocks = int(num_blocks * kv.num_blocks_scale)
-    if num_blocks < 1:
-        raise ConfigError(f"kv.num_blocks resolves to {num_blocks} blocks (kv.num_blocks_scale={kv.num_blocks_scale})")
-    swap_blocks = kv.get("swap_blocks")
-    if swap_blocks is None:
-        swap_blocks = num_swap_blocks(model=model, hardware=hardware, block_size=kv.block_size,
-                                      swap_space_gb=kv.get("swap_space_gb", 4.0))
+    live = is_live(cfg)
+    memory_plan = None
+    if live:
+        # The device's real memory sizes the cache, and nothing is allocated before everything is known to fit.
+        num_blocks, swap_blocks, memory_plan = _live_memory_plan(cfg, model)
+    else:
+        num_blocks = kv.num_blocks
+        if num_blocks is None:
+            num_blocks = num_kv_blocks(model=model, hardware=hardware, block_size=kv.block_size,
+                                       gpu_memory_utilization=kv.gpu_memory_utilization)
+        num_blocks = _scaled_blocks(num_blocks, kv.num_blocks_scale)
+        swap_blocks = kv.get("swap_blocks")
+        if swap_blocks is None:
+            swap_blocks = num_swap_blocks(model=model, hardware=hardware, block_size=kv.block_size,
+                                          swap_space_gb=kv.get("swap_space_gb", 4.0))
     block_manager = BlockManager(num_blocks=num_blocks, block_size=kv.block_size, watermark=kv.watermark,
                                  num_swap_blocks=swap_blocks)
     kv_transfer = PCIeTransferModel.for_replica(model=model, hardware=hardware, block_size=kv.block_size,
@@ -114,10 +118,43 @@ def build(cfg: DictConfig) -> dict:
         calibrate(workload.training_frame() if hasattr(workload, "training_frame") else None)
     if cfg.get("oracle") is not None and cfg.oracle.gap_accounting:
         scheduler = _gap_accountant(cfg, scheduler, planner_model)
-    executor = _instantiate(cfg.backend, cost_model=cost_model, kv_transfer=kv_transfer)
+    if live:
+        executor = _instantiate(cfg.runtime, model=model, block_manager=block_manager, memory_plan=memory_plan)
+    else:
+        executor = _instantiate(cfg.runtime, cost_model=cost_model, kv_transfer=kv_transfer)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
                 block_manager=block_manager, kv_transfer=kv_transfer, workload=workload, scheduler=scheduler,
                 executor=executor)
+
+
+def is_live(cfg: DictConfig) -> bool:
+    """Whether ``runtime=`` selects the live PyTorch runtime (anything under ``runtime.live``)."""
+    return str(cfg.runtime.get("_target_", "")).startswith("runtime.live.")
+
+
+def _scaled_blocks(num_blocks: int, scale: float) -> int:
+    scaled = int(num_blocks * scale)
+    if scaled < 1:
+        raise ConfigError(f"kv.num_blocks resolves to {scaled} blocks (kv.num_blocks_scale={scale})")
+    return scaled
+
+
+def _live_memory_plan(cfg: DictConfig, model):
+    """KV and swap blocks the live device can hold, checked against its free memory (``DeviceMemoryError``)."""
+    from runtime.live.device import plan_memory, resolve_device, resolve_dtype
+
+    kv, rt = cfg.kv, cfg.runtime
+    device = resolve_device(rt.get("device", "auto"))
+    dtype = resolve_dtype(rt.get("dtype", "auto"), device)
+    common = dict(device=device, dtype=dtype, block_size=kv.block_size, swap_space_gb=kv.get("swap_space_gb", 4.0),
+                  num_swap_blocks=kv.get("swap_blocks"), memory_utilization=rt.get("memory_utilization", 0.9),
+                  cpu_kv_cache_gb=rt.get("cpu_kv_cache_gb", 1.0))
+    num_blocks = kv.num_blocks
+    if num_blocks is None:
+        num_blocks = plan_memory(model, num_blocks=None, **common).num_blocks
+    num_blocks = _scaled_blocks(num_blocks, kv.num_blocks_scale)
+    plan = plan_memory(model, num_blocks=num_blocks, **common)
+    return plan.num_blocks, plan.num_swap_blocks, plan
 
 
 def _gap_accountant(cfg: DictConfig, scheduler, cost_model):
@@ -141,8 +178,10 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
     bar = tqdm(total=len(workload), unit="req", desc=scheduler_name, mininterval=0.5, leave=False,
                disable=not cfg.progress, dynamic_ncols=True)
     try:
-        result = Engine(scheduler=scheduler, executor=parts["executor"], workload=workload, clock=VirtualClock(),
-                        progress=bar).run()
+        executor = parts["executor"]
+        # The live runtime's steps take real time: the clock is the wall clock (idle gaps skipped).
+        clock = WallClock() if getattr(executor, "wall_clock", False) else VirtualClock()
+        result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=clock, progress=bar).run()
     finally:
         bar.close()
     metrics_cfg = cfg.metrics
@@ -158,6 +197,8 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
         "kv_num_blocks": parts["block_manager"].num_blocks,
         "kv_swap_blocks": parts["block_manager"].num_swap_blocks,
         "preemption_mode": getattr(scheduler, "preemption_mode", None),
+        "runtime": "live" if is_live(cfg) else "sim",
+        "device": getattr(parts["executor"], "description", "simulated"),
         "slo_classes_s": {n: {"ttft_slo_s": c.ttft_slo_s, "tbt_slo_s": c.tbt_slo_s} for n, c in parts["slo_classes"].items()},
         "slo_reference_s": parts["slo_refs"],
         **summarise(frame, result.requests, warmup_s=metrics_cfg.warmup_s),

@@ -113,7 +113,7 @@ class BaseScheduler:
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
         self.num_swaps = 0
-        self._newly_rejected: list[str] = []
+        self._newly_finished: list[str] = []
         # Arrival order of admitted requests: breaks ties between equal arrival times (victim choice).
         self._arrival_order: dict[str, int] = {}
         self._num_added = 0
@@ -159,7 +159,7 @@ class BaseScheduler:
             request.status = RequestStatus.FINISHED_REJECTED
             request.rejection_reason = reason
             request.times.finished_time = request.arrival_time
-            self._newly_rejected.append(request.req_id)
+            self._newly_finished.append(request.req_id)
             return
         self.requests[request.req_id] = request
         self._arrival_order[request.req_id] = self._num_added
@@ -189,7 +189,7 @@ class BaseScheduler:
 
     # Mechanics used by schedule() -------------------------------------------------------------------------------
     def _new_output(self) -> SchedulerOutput:
-        finished, self._newly_rejected = self._newly_rejected, []
+        finished, self._newly_finished = self._newly_finished, []
         return SchedulerOutput(num_scheduled_tokens={}, finished_req_ids=finished)
 
     def _admit(self, request: Request, now: float) -> None:
@@ -495,9 +495,10 @@ class BaseScheduler:
                 add_finished(request)
         if result.sampled_token_ids:  # live runtime: keep the real tokens
             for req_id, token_id in result.sampled_token_ids.items():
-                ids = requests[req_id].output_token_ids
-                if ids is not None:
-                    ids.append(token_id)
+                request = requests[req_id]
+                if request.output_token_ids is None:
+                    request.output_token_ids = []
+                request.output_token_ids.append(token_id)
         for request in finished:
             request.status = RequestStatus.FINISHED_STOPPED
             request.times.finished_time = now
@@ -507,6 +508,8 @@ class BaseScheduler:
             self.prefilling = [r for r in self.prefilling if r not in done]
             self.decoding.extend(r for r in done if r.status == RequestStatus.RUNNING)
         if finished:
+            # Reported in the next step's finished_req_ids, so an executor can drop their state (as vLLM does).
+            self._newly_finished.extend(r.req_id for r in finished)
             bm = self.block_manager
             for request in finished:
                 bm.free(request.req_id)

@@ -26,12 +26,18 @@ class VirtualClock:
 
 
 class WallClock:
-    """Seconds since construction, offset so arrivals (trace times) line up with the run's start."""
+    """Seconds since construction, offset so arrivals (trace times) line up with the run's start.
 
-    __slots__ = ("_origin",)
+    ``skip_idle``: when the engine is idle until the next arrival, jump the clock there instead of sleeping.
+    Nothing runs while idle, so every recorded time is as if it had slept; a live replay of a sparse trace
+    then takes its busy time, not its span.
+    """
 
-    def __init__(self, start: float = 0.0) -> None:
+    __slots__ = ("_origin", "skip_idle")
+
+    def __init__(self, start: float = 0.0, *, skip_idle: bool = True) -> None:
         self._origin = time.perf_counter() - start
+        self.skip_idle = skip_idle
 
     def now(self) -> float:
         return time.perf_counter() - self._origin
@@ -42,4 +48,7 @@ class WallClock:
     def advance_to(self, t: float) -> None:
         delay = t - self.now()
         if delay > 0:
-            time.sleep(delay)
+            if self.skip_idle:
+                self._origin -= delay
+            else:
+                time.sleep(delay)

@@ -84,7 +84,7 @@ class Engine:
             if progress is not None and not num_steps % 512:
                 progress.update(num_done - reported)
                 reported = num_done
-                progress.set_postfix_str(f"sim {clock.now():,.1f}s", refresh=False)
+                progress.set_postfix_str(f"t={clock.now():,.1f}s", refresh=False)
             if self.max_steps is not None and num_steps >= self.max_steps:
                 break
         if progress is not None:

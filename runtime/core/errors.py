@@ -15,3 +15,11 @@ class WorkloadError(AccelgenError, ValueError):
 
 class SchedulerStallError(AccelgenError, RuntimeError):
     """A scheduler returned an empty batch while requests wait and nothing runs: the run cannot progress."""
+
+
+class CheckpointError(AccelgenError, ValueError):
+    """A model checkpoint directory that cannot be loaded: missing or malformed files, wrong shapes or names."""
+
+
+class DeviceMemoryError(AccelgenError, RuntimeError):
+    """The model weights, KV cache or swap space do not fit the memory of the device (or host) they need."""

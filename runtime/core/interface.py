@@ -21,8 +21,8 @@ class Scheduler(Protocol):
     records the sampled tokens at time ``now`` (the end of the step), checks stop conditions, frees the blocks of
     finished requests and returns the requests that finished during the step. A request rejected at
     ``add_request`` is finished at once with ``FINISHED_REJECTED`` and a reason (the engine keeps every request
-    it hands over, so rejected ones are accounted for) and its id is reported in the next step's
-    ``finished_req_ids``.
+    it hands over, so rejected ones are accounted for). Every finished request's id, stopped or rejected, is
+    reported in the next step's ``finished_req_ids``.
     """
 
     def add_request(self, request: Request) -> None: ...

@@ -36,7 +36,7 @@ class SchedulerOutput:
     # and how many of the step's prefill tokens are such recomputes.
     recompute_req_ids: list[str] = field(default_factory=list)
     num_recompute_tokens: int = 0
-    # Freed since the last step without finishing normally: rejected or aborted.
+    # Finished since the last step (stopped, rejected or aborted): an executor drops their per-request state.
     finished_req_ids: list[str] = field(default_factory=list)
     # Blocks in use after this step's allocations (for the iteration log).
     num_used_blocks: int = 0

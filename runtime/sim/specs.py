@@ -39,9 +39,16 @@ class ModelSpec:
     num_params: int
     dtype_bytes: int = 2
     max_model_len: int = 4096
+    # Read only by the live runtime (runtime/live): rotary base, RMSNorm epsilon, and whether the LM head shares
+    # the embedding matrix (HF config.json names).
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        _require_positive(self, tuple(f.name for f in fields(self) if f.name != "name"))
+        _require_positive(self, tuple(f.name for f in fields(self) if f.name not in ("name", "tie_word_embeddings")))
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ConfigError(f"ModelSpec.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         for name in ("num_layers", "num_heads", "num_kv_heads", "head_dim", "max_model_len"):
             if int(getattr(self, name)) != getattr(self, name):
                 raise ConfigError(f"ModelSpec.{name} must be an integer, got {getattr(self, name)!r}")
@@ -49,6 +56,14 @@ class ModelSpec:
             raise ConfigError(
                 f"ModelSpec.num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} (GQA groups)"
             )
+
+    @property
+    def expected_num_params(self) -> int:
+        """Parameters of the Llama architecture with these shapes: embeddings, layers (+2 norms each), final
+        norm, and the LM head unless it is tied to the embeddings."""
+        d, v = self.hidden_size, self.vocab_size
+        head = 0 if self.tie_word_embeddings else v * d
+        return v * d + self.num_layers * (self.layer_params + 2 * d) + d + head
 
     @property
     def layer_params(self) -> int:

@@ -191,11 +191,15 @@ def mixed_workload(
     applications: Mapping[str, Mapping[str, Any]],
     length_policy: str = "clip",
     num_train_requests: int = 2000,
+    length_scale: float = 1.0,
     slo_classes: Mapping[str, SLOClass],
     max_model_len: int,
     seed: int | None,
 ) -> Workload:
     """Applications drawn by weight, lengths from each application's table, arrivals from ``arrival``.
+
+    ``length_scale`` multiplies every drawn prompt and output length (rounded, at least 1), before the length
+    policy: the tables' shapes at a size a small model on a CPU serves in minutes (``workload=live_small``).
 
     ``applications``: ``{app: {lengths: <table name>, slo_class: <class>, weight: <float >= 0>}}``; a weight of 0
     switches an application off. Draws from one ``default_rng(seed)`` in a fixed order: (1) the application of
@@ -207,6 +211,10 @@ def mixed_workload(
     num_requests = _check_num_requests(num_requests)
     num_train = _check_num_train(num_train_requests)
     classes = _as_slo_classes(slo_classes)
+    scale = length_scale
+    if isinstance(scale, bool) or not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"workload.length_scale must be a finite number > 0, got {length_scale!r}")
+    scale = float(scale)
     if not applications:
         raise ConfigError("workload.applications is empty; give at least one {lengths, slo_class, weight}")
     apps = list(applications)
@@ -240,6 +248,9 @@ def mixed_workload(
         for k, table in enumerate(tables):
             mask = app_index == k
             prompt[mask], output[mask] = table.sample(int(mask.sum()), rng)
+        if scale != 1.0:
+            prompt = np.maximum(1, np.rint(prompt * scale)).astype(np.int64)
+            output = np.maximum(1, np.rint(output * scale)).astype(np.int64)
         return app_index, prompt, output
 
     rng = np.random.default_rng(seed)
