@@ -78,6 +78,16 @@ def build(cfg: DictConfig) -> dict:
     _check_run_keys(cfg)
     model = _instantiate(cfg.model)
     hardware = _instantiate(cfg.hardware)
+    live = is_live(cfg)
+    memory_plan = None
+    if live:
+        # Before anything else: a model or KV cache that cannot fit the device is the first thing to report.
+        num_blocks, swap_blocks, memory_plan = _live_memory_plan(cfg, model)
+    if cfg.get("cost_model") is None:
+        raise ConfigError(
+            f"no cost model for model={model.name} on hardware={hardware.name} (conf/cost_model/{model.name}_"
+            f"{hardware.name}.yaml): fit one on this device with `accelgen-profile model={model.name} "
+            f"hardware={hardware.name}`, or pass cost_model=roofline (analytical) or an existing cost_model=<name>")
     # The run's seed drives the latency noise too (cost_model.noise_cv), so seed replicates are independent.
     cost_model = _instantiate(cfg.cost_model, seed=cfg.seed)
     # Schedulers plan with the noise-free predictor; only simulated time (the executor) sees latency.noise_cv.
@@ -87,12 +97,7 @@ def build(cfg: DictConfig) -> dict:
         reference=OmegaConf.to_container(cfg.slo.reference, resolve=True),
     )
     kv = cfg.kv
-    live = is_live(cfg)
-    memory_plan = None
-    if live:
-        # The device's real memory sizes the cache, and nothing is allocated before everything is known to fit.
-        num_blocks, swap_blocks, memory_plan = _live_memory_plan(cfg, model)
-    else:
+    if not live:
         num_blocks = kv.num_blocks
         if num_blocks is None:
             num_blocks = num_kv_blocks(model=model, hardware=hardware, block_size=kv.block_size,
@@ -119,7 +124,9 @@ def build(cfg: DictConfig) -> dict:
     if cfg.get("oracle") is not None and cfg.oracle.gap_accounting:
         scheduler = _gap_accountant(cfg, scheduler, planner_model)
     if live:
-        executor = _instantiate(cfg.runtime, model=model, block_manager=block_manager, memory_plan=memory_plan)
+        # Partial, then called: Hydra would turn the dataclass arguments (ModelSpec, MemoryPlan) into DictConfigs.
+        executor = _instantiate(cfg.runtime, _partial_=True)(model=model, block_manager=block_manager,
+                                                             memory_plan=memory_plan)
     else:
         executor = _instantiate(cfg.runtime, cost_model=cost_model, kv_transfer=kv_transfer)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
@@ -207,6 +214,10 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
     }
     iterations = result.iterations.to_frame()
     summary.update(kv_activity(iterations))
+    # Every block comes back when every request has finished; anything else is a leak the run must show.
+    bm = parts["block_manager"]
+    summary["kv_blocks_in_use_at_end"] = bm.num_used_blocks
+    summary["kv_swapped_blocks_at_end"] = bm.num_swap_blocks - bm.num_free_cpu_blocks
     # Schedulers with their own per-step records (the Oracle's decisions, gap accounting) add tables and keys.
     artifacts = getattr(scheduler, "run_artifacts", None)
     tables = {}

@@ -97,18 +97,24 @@ class Attention(nn.Module):
                 vs = v[seg.start:seg.end].transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=self.scale, enable_gqa=True)
             else:
-                ks = k_cache[seg.context_slots].transpose(0, 1).unsqueeze(0)  # [1, H_kv, ctx, d_h]
-                vs = v_cache[seg.context_slots].transpose(0, 1).unsqueeze(0)
+                # index_select, not advanced indexing: about 3x faster for a gather along dim 0 on CPU.
+                ks = k_cache.index_select(0, seg.context_slots).transpose(0, 1).unsqueeze(0)  # [1, H_kv, ctx, d_h]
+                vs = v_cache.index_select(0, seg.context_slots).transpose(0, 1).unsqueeze(0)
                 o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, scale=self.scale,
                                                    enable_gqa=True)
             out[seg.start:seg.end] = o[0].transpose(0, 1)
+        groups = self.num_heads // self.num_kv_heads
         for group in batch.decodes:
-            # Decodes batched: contexts padded to the group's longest, padding masked out.
-            qd = q[group.start:group.end].unsqueeze(2)  # [D, H, 1, d_h]
-            kd = k_cache[group.slots].transpose(1, 2)  # [D, H_kv, L, d_h]
-            vd = v_cache[group.slots].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=group.mask, scale=self.scale, enable_gqa=True)
-            out[group.start:group.end] = o.squeeze(2)
+            # Decodes batched: contexts padded to the group's longest, padding masked out. The G = H/H_kv query
+            # heads that share a KV head become G query rows of that head, so each KV head is read once and no
+            # GQA expansion is needed: [D, H_kv, G, d_h] against [D, H_kv, L, d_h].
+            num, length = group.slots.shape
+            qd = q[group.start:group.end].view(num, self.num_kv_heads, groups, self.head_dim)
+            flat = group.slots.view(-1)
+            kd = k_cache.index_select(0, flat).view(num, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            vd = v_cache.index_select(0, flat).view(num, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=group.mask, scale=self.scale)
+            out[group.start:group.end] = o.reshape(num, self.num_heads, self.head_dim)
         return self.o_proj(out.view(t, self.num_heads * self.head_dim))
 
 

@@ -1,8 +1,9 @@
 """Token ids of live requests: synthetic prompts from a counter-based hash, and the sampled outputs.
 
-Traces give lengths, not text, so prompt token ``p`` of request ``r`` is ``mix64(seed, crc32(r), p) mod V`` (a
-splitmix64 finaliser over the three). It depends on nothing but the seed, the request id and the position, so a
-prompt is the same whichever way a scheduler chunks it, after a recompute preemption, and across schedulers.
+Traces give lengths, not text, so prompt token ``p`` of request ``r`` is
+``mix64(mix64(mix64(seed) ⊕ crc32(r)) + p·φ) mod V`` (splitmix64's finaliser, φ its golden-ratio increment). It
+depends on nothing but the seed, the request id and the position, so a prompt is the same whichever way a
+scheduler chunks it, after a recompute preemption, and across schedulers.
 
 A request's tokens are its prompt followed by its sampled outputs; the position of its first output is learnt
 when that token is sampled (the end of its last prompt chunk). Until then every position asked for is a prompt
@@ -29,7 +30,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def synthetic_prompt(seed: int, req_id: str, start: int, end: int, vocab_size: int) -> np.ndarray:
     """Prompt token ids at positions ``start .. end−1`` (int64)."""
     with np.errstate(over="ignore"):
-        base = _mix64(np.array([(seed & 0xFFFFFFFF) << 32 | zlib.crc32(req_id.encode())], dtype=np.uint64))[0]
+        # The whole 64-bit seed, then the request: two rounds, so no two (seed, req_id) pairs share a stream.
+        base = _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+        base = _mix64(base ^ np.uint64(zlib.crc32(req_id.encode())))[0]
         x = base + np.arange(start, end, dtype=np.uint64) * _GOLDEN
     return (_mix64(x) % np.uint64(vocab_size)).astype(np.int64)
 

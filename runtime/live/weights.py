@@ -77,9 +77,15 @@ def spec_fields_from_hf_config(config: dict, source: str = "config.json") -> dic
             raise CheckpointError(f"{source}: {key} must be a positive integer, got {config.get(key)!r}")
     if config.get("rope_scaling"):
         raise CheckpointError(f"{source}: rope_scaling={config['rope_scaling']!r} is not supported (plain RoPE only)")
+    # transformers >= 5 writes {"rope_theta": ..., "rope_type": "default"} here instead of a top-level rope_theta.
+    rope = config.get("rope_parameters")
+    if rope is not None and (not isinstance(rope, dict) or rope.get("rope_type", "default") != "default"):
+        raise CheckpointError(f"{source}: rope_parameters={rope!r} is not supported (plain RoPE only)")
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise CheckpointError(f"{source}: attention_bias/mlp_bias are not supported (Llama has no biases)")
     values = dict(config)
+    if rope is not None and "rope_theta" in rope:
+        values["rope_theta"] = rope["rope_theta"]
     values.setdefault("num_key_value_heads", config["num_attention_heads"])
     if values.get("head_dim") is None:
         values["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
