@@ -1,0 +1,473 @@
+"""Profile-fitted simulation against the live runtime on the same workload: is the simulator a model of the machine?
+
+For every scheduler and arrival rate, the same experiment runs twice through ``runtime.cli.run`` (so each is
+exactly what ``accelgen <overrides>`` computes):
+
+* **live**: ``runtime=live model=<m> workload=live_small``: a real forward pass per step on this machine, wall
+  clock. The executor is wrapped so every step's composition (prefill chunks ``(c, q)``, decode contexts) and its
+  measured ``step_time`` are recorded, with the host time the engine spends between two steps (scheduling,
+  bookkeeping: the *engine gap*, which no cost model fitted on ``execute`` contains).
+* **sim**: ``runtime=sim hardware=cpu cost_model=<m>_cpu`` (the ``accelgen-profile`` fit), with the live run's KV
+  block counts (``kv.num_blocks``, ``kv.swap_blocks``), so both manage the same cache.
+
+Compared: per-iteration latency, by replaying every recorded live step through the cost model
+(``predict_deterministic`` of the exact composition; APE = |T̂ − t| / t, averaged: MAPE, also per kind: decode-only,
+prefill-only, mixed), and run-level TTFT p50/p99, TBT p50/p99 (pooled token gaps) and goodput from each run's
+summary (relative difference sim vs live). Targets: MAPE < 10%, every run-level metric within 15%.
+
+    .venv/bin/python bench/sim_vs_live.py                              # llama_15m, sarathi/accelgen/vllm, 3 rates
+    .venv/bin/python bench/sim_vs_live.py --rates 2 4 --schedulers sarathi vllm --num-requests 100
+    .venv/bin/python bench/sim_vs_live.py --quick --out /tmp/svl      # smoke: tiny model, seconds
+
+Needs ``conf/cost_model/<model>_cpu.yaml`` (``accelgen-profile model=<model>``). Outputs in ``--out`` (default
+``bench/results/sim_vs_live``): ``runs.csv`` (one row per run), ``comparison.csv`` (one row per scheduler and rate:
+live, sim and relative difference of each metric, iteration MAPE, engine gap), ``iterations.parquet`` (every live
+step: composition features, measured and predicted time), ``meta.json`` (command, machine, CPU used by other processes
+during the run, the cost model used), ``table.md``; the plot (``--plot``, default
+``docs/sim_vs_live.png``) and a BENCHMARKS.md-ready section (``--section``, default
+``bench/results/sim_vs_live.md``). With a non-default ``--out``, the plot and section default into it.
+``--render-only`` rebuilds table, plot and section from ``--out`` without running anything.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import re
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+import runtime.cli as cli
+from runtime.core.run_log import atomic_write, write_json
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO_ROOT = Path(cli.REPO_ROOT)
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "sim_vs_live"
+DEFAULT_PLOT = REPO_ROOT / "docs" / "sim_vs_live.png"
+DEFAULT_SECTION = REPO_ROOT / "bench" / "results" / "sim_vs_live.md"
+FULL = dict(model="llama_15m", schedulers=["sarathi", "accelgen", "vllm"], rates=[4.0, 16.0, 32.0], num_requests=200)
+QUICK = dict(model="tiny", schedulers=["sarathi", "vllm"], rates=[20.0], num_requests=12)
+# (summary key, label); all compared as relative difference sim vs live.
+METRICS = [("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("tbt_p50_s", "TBT p50"),
+           ("tbt_p99_s", "TBT p99"), ("goodput_rps", "goodput")]
+EXTRA = ["slo_attainment", "throughput_rps", "jct_mean_s", "num_iterations", "num_preemptions", "duration_s",
+         "kv_num_blocks", "kv_swap_blocks", "token_budget", "wall_s", "device"]
+MAPE_TARGET, METRIC_TOL = 10.0, 0.15
+KINDS = ("decode", "prefill", "mixed")
+
+
+class RecordingExecutor:
+    """Forwards to the live executor and records each step's composition, measured time and the engine gap."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.rows: list[dict] = []
+        self._last_exit: float | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def execute(self, output):
+        entry = time.perf_counter()
+        gap = math.nan if self._last_exit is None else entry - self._last_exit
+        result = self.inner.execute(output)
+        self._last_exit = time.perf_counter()
+        self.rows.append(dict(chunks=list(output.prefill_chunks), decodes=list(output.decode_context_lens),
+                              step_time=result.step_time, swap_time=result.swap_time,
+                              recompute_tokens=output.num_recompute_tokens, gap_s=gap))
+        return result
+
+
+@contextmanager
+def recording():
+    """Patch ``runtime.cli.build`` so the run's executor is a ``RecordingExecutor``; yields the recorders."""
+    recorders: list[RecordingExecutor] = []
+    original = cli.build
+
+    def build(cfg):
+        parts = original(cfg)
+        parts["executor"] = RecordingExecutor(parts["executor"])
+        recorders.append(parts["executor"])
+        return parts
+
+    cli.build = build
+    try:
+        yield recorders
+    finally:
+        cli.build = original
+
+
+def compose_cfg(overrides: list[str], progress: bool = False, cost_model_file: Path | None = None):
+    with initialize_config_dir(version_base="1.3", config_dir=cli.CONF_DIR):
+        cfg = compose(config_name="config", overrides=[f"progress={str(progress).lower()}", *overrides])
+    if cost_model_file is not None:
+        with open_dict(cfg):
+            cfg.cost_model = OmegaConf.load(cost_model_file)
+    return cfg
+
+
+def kind_of(chunks, decodes) -> str:
+    return "mixed" if chunks and decodes else ("prefill" if chunks else "decode")
+
+
+def replay(rows: list[dict], cost_model) -> pd.DataFrame:
+    """Every recorded live step with its features and the cost model's prediction of its exact composition."""
+    out = []
+    for i, r in enumerate(rows):
+        chunks, decodes = r["chunks"], r["decodes"]
+        out.append(dict(step=i, kind=kind_of(chunks, decodes), num_prefill_tokens=sum(c for c, _ in chunks),
+                        num_chunks=len(chunks), num_decodes=len(decodes),
+                        prefill_attn_work=float(sum(c * (q + c / 2) for c, q in chunks)),
+                        sum_decode_ctx=int(sum(decodes)), max_decode_ctx=max(decodes, default=0),
+                        num_seqs=len(chunks) + len(decodes), measured_s=r["step_time"], swap_s=r["swap_time"],
+                        recompute_tokens=r["recompute_tokens"], gap_s=r["gap_s"],
+                        predicted_s=cost_model.predict_deterministic(chunks, decodes)))
+    frame = pd.DataFrame(out)
+    frame["ape_pct"] = (frame.predicted_s - frame.measured_s).abs() / frame.measured_s * 100
+    return frame
+
+
+def _rel(sim, live) -> float:
+    if sim is None or live is None or not np.isfinite([sim, live]).all() or live == 0:
+        return math.nan
+    return (sim - live) / live
+
+
+def compare(live: dict, sim: dict, steps: pd.DataFrame) -> dict:
+    row = dict(iter_mape_pct=float(steps.ape_pct.mean()), iter_ape_p90_pct=float(np.percentile(steps.ape_pct, 90)),
+               iter_bias_pct=float(((steps.predicted_s - steps.measured_s) / steps.measured_s).mean() * 100),
+               busy_ratio=float(steps.predicted_s.sum() / steps.measured_s.sum()),
+               num_live_steps=len(steps), mean_step_ms=float(steps.measured_s.mean() * 1e3),
+               engine_gap_median_ms=float(np.nanmedian(steps.gap_s) * 1e3) if steps.gap_s.notna().any() else math.nan,
+               engine_gap_share=float(np.nansum(steps.gap_s) / steps.measured_s.sum()))
+    for kind in KINDS:
+        sub = steps[steps.kind == kind]
+        row[f"iter_mape_{kind}_pct"] = float(sub.ape_pct.mean()) if len(sub) else math.nan
+        row[f"steps_{kind}"] = len(sub)
+    for key, _ in METRICS:
+        row[f"{key}_live"], row[f"{key}_sim"] = live.get(key), sim.get(key)
+        row[f"{key}_rel"] = _rel(sim.get(key), live.get(key))
+    row["iter_ok"] = row["iter_mape_pct"] < MAPE_TARGET
+    rels = [row[f"{k}_rel"] for k, _ in METRICS]
+    row["metrics_ok"] = all(np.isfinite(r) and abs(r) <= METRIC_TOL for r in rels)
+    return row
+
+
+def run_pair(args, scheduler: str, rate: float, keep: Path | None, progress: bool) -> tuple[dict, dict, pd.DataFrame]:
+    common = [f"model={args.model}", "workload=live_small", f"scheduler={scheduler}",
+              f"workload.arrival.rate={rate!r}", f"workload.num_requests={args.num_requests}", f"seed={args.seed}",
+              *([f"cost_model={args.cost_model}"] if args.cost_model_file is None else []), *args.override]
+    live_over = ["runtime=live", *([f"runtime.threads={args.threads}"] if args.threads else [])]
+    cfg = compose_cfg([*common, *live_over], progress=progress, cost_model_file=args.cost_model_file)
+    cost_model = instantiate(cfg.cost_model).deterministic()
+    with recording() as recorders:
+        live = cli.run(cfg, keep / f"{scheduler}_{rate:g}_live" if keep else None)
+    steps = replay(recorders[0].rows, cost_model)
+    sim_over = ["runtime=sim", "hardware=cpu", f"kv.num_blocks={live['kv_num_blocks']}",
+                f"kv.swap_blocks={live['kv_swap_blocks']}"]
+    sim = cli.run(compose_cfg([*common, *sim_over], cost_model_file=args.cost_model_file),
+                  keep / f"{scheduler}_{rate:g}_sim" if keep else None)
+    return live, sim, steps
+
+
+def _fmt_pct(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:+.1%}".replace("%", " %")
+
+
+def _fmt_s(x) -> str:
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _fmt_num(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+def markdown_table(comp: pd.DataFrame) -> str:
+    head = ("| scheduler | rate (req/s) | live steps | iter MAPE (decode / prefill / mixed) | engine gap | "
+            + " | ".join(f"{label} live → sim" for _, label in METRICS) + " | targets |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in comp.itertuples():
+        d = r._asdict()
+        per_kind = " / ".join("–" if not np.isfinite(d[f"iter_mape_{k}_pct"]) else f"{d[f'iter_mape_{k}_pct']:.1f}"
+                              for k in KINDS)
+        cells = []
+        for key, _ in METRICS:
+            live, sim, rel = d[f"{key}_live"], d[f"{key}_sim"], d[f"{key}_rel"]
+            fmt = _fmt_num if key == "goodput_rps" else _fmt_s
+            cells.append(f"{fmt(live)} → {fmt(sim)} ({_fmt_pct(rel)})")
+        ok = ("MAPE ✓" if r.iter_ok else "MAPE ✗") + ", " + ("metrics ✓" if r.metrics_ok else "metrics ✗")
+        lines.append(f"| {r.scheduler} | {r.rate:g} | {r.num_live_steps} | **{r.iter_mape_pct:.1f} %** ({per_kind}) | "
+                     f"{r.engine_gap_median_ms:.2f} ms | " + " | ".join(cells) + f" | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(comp: pd.DataFrame, iters: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.35]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (sched, sub) in enumerate(iters.groupby("scheduler", sort=False)):
+        ax1.scatter(sub.measured_s * 1e3, sub.predicted_s * 1e3, s=5, alpha=0.35, color=colors[i % len(colors)],
+                    label=f"{sched} (MAPE {sub.ape_pct.mean():.1f} %)", rasterized=True)
+    lo = max(min(iters.measured_s.min(), iters.predicted_s.min()) * 1e3 * 0.8, 1e-3)
+    hi = max(iters.measured_s.max(), iters.predicted_s.max()) * 1e3 * 1.25
+    xs = np.array([lo, hi])
+    ax1.plot(xs, xs, "k-", lw=1, label="predicted = measured")
+    ax1.fill_between(xs, xs * 0.9, xs * 1.1, color="k", alpha=0.08, label="±10 %")
+    ax1.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured live step time (ms)",
+            ylabel="cost model prediction of the same batch (ms)",
+            title=f"Per-iteration latency, {len(iters):,} live steps (MAPE {iters.ape_pct.mean():.1f} %)")
+    ax1.legend(fontsize=8, loc="upper left")
+    labels = [f"{r.scheduler}\n{r.rate:g}/s" for r in comp.itertuples()]
+    x = np.arange(len(comp))
+    width = 0.8 / len(METRICS)
+    for j, (key, label) in enumerate(METRICS):
+        ratios = (1 + comp[f"{key}_rel"]).to_numpy(dtype=float)
+        ax2.bar(x + (j - (len(METRICS) - 1) / 2) * width, ratios, width, label=label, color=colors[j % len(colors)])
+    ax2.axhspan(1 - METRIC_TOL, 1 + METRIC_TOL, color="g", alpha=0.1, label="±15 %")
+    ax2.axhline(1.0, color="k", lw=1)
+    ax2.set_xticks(x, labels, fontsize=8)
+    ax2.set(ylabel="simulated / live", title="Run-level metrics, simulation over live")
+    ax2.legend(fontsize=8, ncol=3, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def profile_command(model: str, source: str) -> str:
+    """The accelgen-profile command that wrote a cost model, read back from its ``source`` line."""
+    found = re.search(r"\((median|min) of (\d+) after (\d+) warmup", source or "")
+    grid = re.search(r"; (full|quick) grid", source or "")
+    command = f"accelgen-profile model={model} profile.overwrite=true"
+    if found:
+        stat, repeats, warmup = found.group(1), int(found.group(2)), int(found.group(3))
+        command += f" profile.stat={stat}" if stat != "median" else ""
+        command += f" profile.repeats={repeats}" if repeats != 5 else ""
+        command += f" profile.warmup={warmup}" if warmup != 1 else ""
+    if grid and grid.group(1) != "full":
+        command += f" profile.grid={grid.group(1)}"
+    return command
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU-seconds every process on the machine has used, CPU-seconds this process has used) since boot / start."""
+    busy = math.nan
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        pass
+    own = os.times()
+    return busy, own.user + own.system
+
+
+def machine() -> dict:
+    import torch
+
+    return dict(cpu=_cpu_name(), cores=os.cpu_count(),
+                mem_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+                python=platform.python_version(), torch=torch.__version__, default_threads=torch.get_num_threads())
+
+
+def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame) -> str:
+    """The BENCHMARKS.md-ready section, from the run's meta.json and tables."""
+    cm, m = meta["cost_model"], meta["machine"]
+    e = cm.get("fit_error") or {}
+    threads = meta["threads"] or m["default_threads"]
+    n_ok = int((comp.iter_ok & comp.metrics_ok).sum())
+    rel_cols = [f"{k}_rel" for k, _ in METRICS]
+    within = int((comp[rel_cols].abs() <= METRIC_TOL).to_numpy().sum())
+    others = meta.get("other_cores", math.nan)
+    bias = ((iters.predicted_s - iters.measured_s) / iters.measured_s).mean()
+    lines = [
+        f"## Simulator against the live runtime ({meta['model']} on CPU)",
+        "",
+        f"The same `workload=live_small` experiment ({meta['num_requests']} requests, Poisson, seed {meta['seed']}) "
+        f"run live (`runtime=live`: a real {meta['model']} forward pass per step, wall clock) and simulated "
+        f"(`runtime=sim hardware=cpu cost_model={meta['cost_model_name']}`: the `accelgen-profile` fit of that forward "
+        "pass on this machine, with the live run's KV block counts). Per-iteration error: every live step's exact "
+        "composition replayed through the cost model. Run-level: each run's own summary, simulated vs live "
+        "(relative difference in brackets). Targets: MAPE < 10 %, every metric within 15 %.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Python {m['python']}, torch {m['torch']}, "
+        f"{threads} torch threads, float32. Run {meta['started']} ({meta['wall_s'] / 60:.1f} min); other processes "
+        f"used {others:.2f} of the {m['cores']} cores on average meanwhile"
+        + (" (**the machine was shared: timings are noisy**)." if others > 0.25 else " (a quiet machine)."),
+        "",
+        "```",
+        profile_command(meta["model"], cm.get("source", "")),
+        meta["command"],
+        "```",
+        "",
+        f"Cost model `{meta['cost_model_name']}`: β0 {cm['beta0'] * 1e3:.3f} ms, β1 {cm['beta1'] * 1e6:.2f} "
+        f"µs/token (n_knee {cm['n_knee']:g}), β2 {cm['beta2'] * 1e9:.2f} ns/token², β3 {cm['beta3'] * 1e9:.1f} "
+        f"ns/context token, β4 {cm['beta4'] * 1e6:.1f} µs/sequence, engine_overhead_s "
+        f"{cm.get('engine_overhead_s', 0):g}; held-out profile MAPE {e.get('iteration', math.nan):.1f} % (decode "
+        f"{e.get('iteration_decode', math.nan):.1f}, prefill {e.get('iteration_prefill', math.nan):.1f}, mixed "
+        f"{e.get('iteration_mixed', math.nan):.1f}).",
+        "",
+        markdown_table(comp),
+        f"Over all {len(iters):,} live steps the replay MAPE is **{iters.ape_pct.mean():.1f} %** (p90 "
+        f"{np.percentile(iters.ape_pct, 90):.1f} %, mean signed error {bias:+.1%}); {within} of {comp[rel_cols].size} "
+        f"run-level comparisons are within 15 %; {n_ok} of {len(comp)} scheduler/rate pairs meet both targets. The "
+        "engine gap is the host time between two live steps (scheduling, bookkeeping), "
+        f"{np.nanmedian(iters.gap_s) * 1e3:.2f} ms at the median, {comp.engine_gap_share.mean():.1%} of the busy time "
+        "on average; the cost model (engine_overhead_s = 0) leaves it out.",
+        "",
+        history_note(iters),
+        "",
+        "![simulated vs live](docs/sim_vs_live.png)",
+        "",
+        "Files: `bench/results/sim_vs_live/` (`comparison.csv`, `runs.csv`, `iterations.parquet`, `table.md`, "
+        "`meta.json`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def history_note(iters: pd.DataFrame) -> str:
+    """Signed error of decode-only steps by what ran just before them (the cost model has no history)."""
+    prev = iters.groupby(["scheduler", "rate"], sort=False).kind.shift(1)
+    dec = iters.kind == "decode"
+    err = (iters.predicted_s - iters.measured_s) / iters.measured_s
+    after_dec, after_other = err[dec & (prev == "decode")], err[dec & prev.notna() & (prev != "decode")]
+    if not len(after_dec) or not len(after_other):
+        return ""
+    return (f"Decode-only steps that follow another decode-only step are predicted {after_dec.mean():+.1%} on average "
+            f"({len(after_dec):,} steps), those right after a prefill or mixed step {after_other.mean():+.1%} "
+            f"({len(after_other):,}): on this CPU a step right after a different one runs slower for several steps "
+            "(`runtime/live/profile.py`, settle), which a history-free cost model cannot express. The profile measures "
+            "the settled time, so wherever prefills and decodes alternate (the higher rates) the simulated steps, and "
+            "hence its TBT and TTFT, come out shorter than the live ones.")
+
+
+def render(out: Path, plot_path: Path, section_path: Path) -> str:
+    """table.md, the plot and the section from what ``out`` holds (also ``--render-only``)."""
+    import json
+
+    meta = json.loads((out / "meta.json").read_text())
+    comp = pd.read_csv(out / "comparison.csv")
+    iters = pd.read_parquet(out / "iterations.parquet")
+    table = markdown_table(comp)
+    atomic_write(out / "table.md", lambda p: p.write_text(table))
+    plot(comp, iters, plot_path)
+    text = section(meta, comp, iters)
+    section_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(section_path, lambda p: p.write_text(text))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 schedulers, 1 rate, 12 requests")
+    parser.add_argument("--model")
+    parser.add_argument("--cost-model", help="cost_model option for both runs (default <model>_cpu)")
+    parser.add_argument("--cost-model-file", type=Path,
+                        help="a cost-model YAML to use instead of the conf/cost_model option (e.g. a profile written "
+                             "with profile.out=...); the option name is then only a label")
+    parser.add_argument("--schedulers", nargs="+")
+    parser.add_argument("--rates", nargs="+", type=float)
+    parser.add_argument("--num-requests", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="runtime.threads of the live runs (default: torch's)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for both runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--section", type=Path)
+    parser.add_argument("--keep-runs", action="store_true", help="write each run's outputs under <out>/runs/")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rebuild table.md, the plot and the section from --out without running anything")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.cost_model = args.cost_model or f"{args.model}_cpu"
+    default_out = args.out.resolve() == DEFAULT_OUT.resolve()
+    plot_path = args.plot or (DEFAULT_PLOT if default_out else args.out / "sim_vs_live.png")
+    section_path = args.section or (DEFAULT_SECTION if default_out else args.out / "sim_vs_live.md")
+    if args.render_only:
+        print(render(args.out, plot_path, section_path))
+        return 0
+    if args.cost_model_file is None and not (Path(cli.CONF_DIR) / "cost_model" / f"{args.cost_model}.yaml").exists():
+        print(f"sim_vs_live: conf/cost_model/{args.cost_model}.yaml is missing; run "
+              f"`accelgen-profile model={args.model}` first", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    keep = args.out / "runs" if args.keep_runs else None
+    started = datetime.now().strftime("%Y-%m-%d %H:%M")
+    busy0, own0 = cpu_seconds()
+    t0 = time.perf_counter()
+
+    runs, comps, iters = [], [], []
+    pairs = [(s, r) for s in args.schedulers for r in args.rates]
+    with tqdm(total=len(pairs), desc="sim vs live", unit="pair", dynamic_ncols=True, disable=args.no_progress) as bar:
+        for scheduler, rate in pairs:
+            bar.set_postfix_str(f"{scheduler} @ {rate:g}/s")
+            live, sim, steps = run_pair(args, scheduler, rate, keep, progress=not args.no_progress)
+            for name, summary in (("live", live), ("sim", sim)):
+                row = dict(scheduler=scheduler, rate=rate, runtime=name)
+                row.update({k: summary.get(k) for k, _ in METRICS})
+                row.update({k: summary.get(k) for k in EXTRA})
+                runs.append(row)
+            comps.append(dict(scheduler=scheduler, rate=rate, **compare(live, sim, steps)))
+            iters.append(steps.assign(scheduler=scheduler, rate=rate))
+            bar.update(1)
+    runs_df, comp_df = pd.DataFrame(runs), pd.DataFrame(comps)
+    iters_df = pd.concat(iters, ignore_index=True)
+    iters_df = iters_df[["scheduler", "rate", *[c for c in iters_df.columns if c not in ("scheduler", "rate")]]]
+    atomic_write(args.out / "runs.csv", lambda p: runs_df.to_csv(p, index=False))
+    atomic_write(args.out / "comparison.csv", lambda p: comp_df.to_csv(p, index=False))
+    atomic_write(args.out / "iterations.parquet", lambda p: iters_df.to_parquet(p, index=False))
+    cfg = compose_cfg([f"model={args.model}", f"cost_model={args.cost_model}"] if args.cost_model_file is None
+                      else [f"model={args.model}"], cost_model_file=args.cost_model_file)
+    wall_s = time.perf_counter() - t0
+    busy1, own1 = cpu_seconds()
+    meta = dict(started=started, wall_s=wall_s, other_cores=((busy1 - busy0) - (own1 - own0)) / wall_s,
+                own_cores=(own1 - own0) / wall_s,
+                command=" ".join([".venv/bin/python bench/sim_vs_live.py",
+                                  *(argv if argv is not None else sys.argv[1:])]),
+                model=args.model, cost_model_name=args.cost_model,
+                cost_model=OmegaConf.to_container(cfg.cost_model, resolve=True), num_requests=args.num_requests,
+                seed=args.seed, threads=args.threads, schedulers=args.schedulers, rates=args.rates,
+                machine=machine())
+    write_json(args.out / "meta.json", meta)
+    table = render(args.out, plot_path, section_path)
+    print(table)
+    print(f"replay MAPE over {len(iters_df)} live steps: {iters_df.ape_pct.mean():.1f} %; wrote {args.out}, "
+          f"{plot_path}, {section_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

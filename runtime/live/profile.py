@@ -1,0 +1,513 @@
+"""``accelgen-profile``: fit the simulator's ``LinearCostModel`` to the live model's measured iteration times.
+
+    accelgen-profile model=llama_15m                         # CPU: writes conf/cost_model/llama_15m_cpu.yaml
+    accelgen-profile model=tiny profile.grid=quick profile.out=/tmp/cm profile.overwrite=true
+    accelgen-profile model=llama_15m hardware=h100_80g       # on a GPU: name an existing conf/hardware option
+
+Options (``profile.<key>=<value>``; the ``++`` Hydra needs for keys absent from ``conf/config.yaml`` is added for
+you): ``grid`` (``full`` or ``quick``, the test/smoke grid), ``repeats`` (timed rounds, default 5), ``warmup``
+(untimed rounds first, default 1), ``settle`` and ``settle_s`` (untimed runs of a batch right before each timed
+one: at least ``settle`` runs and ``settle_s`` seconds, default 1 and 0.05, at most 32 runs), ``stat`` (``median``,
+the default, or ``min``: see below), ``small_batch_weight`` (see Fit), ``heldout`` (random held-out compositions
+per kind; null: 30 full, 4 quick), ``out`` (folder of the YAML; null: ``conf/cost_model``), ``overwrite`` (replace
+an existing YAML), ``seed``, ``engine_overhead_s`` (written as is; default 0, see below). ``runtime=live`` is
+implied and every ``runtime.*`` key (device, dtype, threads, checkpoint) is the live run's. The YAML is
+``<out>/<model>_<hardware>.yaml``, the name ``cost_model: ${model}_${hardware}`` resolves to, so
+``accelgen runtime=live model=<m>`` plans with it and ``accelgen runtime=sim model=<m> hardware=<hw>`` simulates
+with it. ``hardware`` must be an existing
+``conf/hardware`` option that describes the device: ``cpu`` (what ``runtime=live`` selects) on a CPU; on a GPU pick
+the matching one (e.g. ``hardware=h100_80g``; add a ``conf/hardware/<gpu>.yaml`` where none matches) -- profiling
+a GPU under ``hardware=cpu`` or a CPU under a GPU option is refused, so no file is misnamed. The raw measurements
+go to ``measurements.csv`` in the Hydra run directory (``outputs/profile/<time>_...``).
+
+What is measured. Compositions ``B`` of three kinds, each a ``SchedulerOutput`` whose requests get block tables in
+the executor's own ``BlockManager`` (freed after each run) and run by ``LiveExecutor.execute``, the call a live run
+makes each step; its ``step_time`` (wall time from entry to sampled tokens on the host: input preparation, the
+forward, sampling) is exactly what ``iterations.parquet`` logs as ``duration_s``:
+
+* decode-only: ``D`` decodes (1 .. 128) with contexts drawn uniformly in ``[m/2, 3m/2]`` around a mean ``m``;
+* prefill-only: one chunk ``(c, q)`` (``c`` new tokens after ``q`` cached ones), or several whole prompts
+  (``q = 0``, as vLLM batches them);
+* mixed (Sarathi-style): ``D`` decodes plus one chunk that fills a token budget ``N = c + D``.
+
+Sizes are capped by ``max_model_len`` (``q + c``, every context) and by ``D · m ≤ 65536`` context tokens. Every
+chunk samples a token (a final chunk) except the partial chunk of every other mixed composition. The KV cache is
+filled with N(0, 1) values once (never-written slots would otherwise hold whatever the allocator gave: zero pages
+or, worse, denormals), the null slot is kept zero. Rounds: ``warmup`` untimed rounds, then ``repeats`` timed
+ones; each round runs every composition in a fresh seeded random order, so a burst of load on a shared machine
+hits different compositions in different rounds rather than every repeat of one. Within a round a composition first
+runs untimed (``settle``/``settle_s``), then once timed: in serving, consecutive steps are alike, and on this CPU a step
+right after a different one is slower for several steps (llama_15m, 2 threads: a single decode takes 5.4 ms right
+after a 2048-token prefill, or after 32 decodes, then 5.0, 4.5, 4.2, ... and 3.6 ms from about the 7th step on),
+which would bias every small batch upwards by up to 50%. The estimate per composition is the **median** of its
+``repeats`` times (``time_s`` in the CSV; ``median_s``, ``min_s``, ``max_s`` and every time are kept too). On a
+machine shared with other CPU-bound work, two torch threads on two cores stall at every parallel region
+whenever the other work holds a core, and single steps then take up to 10-80x their quiet time in bursts that
+outlast several rounds; ``profile.stat=min`` (the uncontended time) is the robust choice there, the median is right
+on a quiet machine, where the two agree.
+
+Fit. With ``N = Σ_P c + D``, ``W = Σ_P c·(q + c/2)``, ``S = Σ_D ctx`` and ``|B| = |P| + D`` (the features of
+``runtime.sim.cost_model``)::
+
+    T̂(B) = β0 + β1·max(N, n_knee) + β2·W + β3·S + β4·|B|
+
+``β ≥ 0`` by non-negative least squares on rows divided by their measured time ``t`` (minimises
+``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``runtime.sim.fit._nnls_rel`` when every
+``w = 1``), for every ``n_knee`` in ``{0} ∪ {N of the grid, N ≤ 2048}``; the knee with the lowest (weighted)
+training MAPE wins (``fit.py``'s grid search). Weights: ``w = profile.small_batch_weight`` (default 4) for
+decode-only batches of at most 3 decodes, 1 for the rest. Why: on this CPU the LM head's GEMM (vocab × d, one row
+per sampled token) costs a staircase in the number of rows (llama_15m, 1 thread: 1.3 ms for 1-3 rows, 2.6 ms for
+4-6, 3.9 ms for 8), which no linear form follows; unweighted, the fit splits the difference and over-predicts the
+1-3 decode steps by ~20%, while those are most of a serving run's steps (75% of the live steps of
+``bench/sim_vs_live.py``). ``small_batch_weight=1`` gives the plain fit. The held-out ``fit_error`` stays
+unweighted. ``engine_overhead_s`` is 0 by default: ``step_time`` already holds the executor's host work (input
+building, sampling, the per-sequence part of which is ``β4``), and the engine's own per-step work outside
+``execute`` (``scheduler.schedule``, ``update_from_output``, the iteration log) depends on the scheduler, so it is
+not fitted here; ``bench/sim_vs_live.py`` measures it per scheduler, and ``profile.engine_overhead_s`` writes a
+value in. ``fit_error`` is MAPE (%) on **held-out** compositions drawn independently of the grid (decode: ``D``
+log-uniform in 1 .. 64, contexts uniform in ``[16, 2m]`` for a log-uniform ``m``; prefill: 1 .. 4 chunks of
+log-uniform size at random offsets; mixed: budgets 128 .. 2048 with up to 64 decodes), per kind, overall and its
+95th percentile, plus the in-sample MAPE of the grid (``train``).
+"""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+from runtime.core.errors import AccelgenError, ConfigError
+from runtime.core.kv_cache import BlockManager
+from runtime.core.outputs import SchedulerOutput
+from runtime.core.run_log import atomic_write
+from runtime.sim.cost_model import LinearCostModel
+from scipy.optimize import nnls
+
+from runtime.sim.fit import _nnls_rel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO_ROOT / "conf" / "cost_model"
+DEFAULTS = dict(grid="full", repeats=5, warmup=1, settle=1, settle_s=0.05, stat="median", small_batch_weight=4.0,
+                heldout=None, out=None, overwrite=False, seed=0, engine_overhead_s=0.0)
+STATS = {"median": np.median, "min": np.min}
+HELDOUT = {"full": 30, "quick": 4}
+KINDS = ("decode", "prefill", "mixed")
+MAX_SETTLE_RUNS = 32
+SMALL_BATCH = 3  # decode-only compositions of at most this many decodes get profile.small_batch_weight
+MAX_DECODE_TOKENS = 65536  # Σ ctx of one composition (bounds the decode gather and the profile's KV cache)
+KNEE_MAX = 2048
+HEADER = "# generated by accelgen-profile {args}; do not edit\n"
+
+
+@dataclass
+class Composition:
+    kind: str
+    split: str  # train (the grid) or heldout
+    chunks: list[tuple[int, int]]  # (c, q)
+    decodes: list[int]  # contexts
+    final: list[bool] = field(default_factory=list)  # per chunk: does it sample a token
+    times: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.final:
+            self.final = [True] * len(self.chunks)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c for c, _ in self.chunks) + len(self.decodes)
+
+    @property
+    def prefill_work(self) -> float:
+        return float(sum(c * (q + c / 2) for c, q in self.chunks))
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.chunks) + len(self.decodes)
+
+    @property
+    def kv_tokens(self) -> int:
+        return sum(q + c for c, q in self.chunks) + sum(self.decodes)
+
+    def label(self) -> str:
+        parts = [f"{c}@{q}{'' if f else '*'}" for (c, q), f in zip(self.chunks, self.final)]
+        if self.decodes:
+            parts.append(f"{len(self.decodes)}x~{int(np.mean(self.decodes))}")
+        return " + ".join(parts)
+
+
+def _contexts(rng: np.random.Generator, count: int, mean: int, max_len: int) -> list[int]:
+    lo, hi = max(2, mean // 2), max(2, min(max_len, (3 * mean) // 2))
+    return rng.integers(lo, hi + 1, count).tolist()
+
+
+def grid_compositions(max_len: int, grid: str = "full", seed: int = 0) -> list[Composition]:
+    """The training grid (module docstring): decode-only, prefill-only and mixed compositions within max_len."""
+    if grid not in HELDOUT:
+        raise ConfigError(f"profile.grid must be 'full' or 'quick', got {grid!r}")
+    rng = np.random.default_rng(seed)
+    full = grid == "full"
+    out: list[Composition] = []
+    # Dense at small batches: most serving steps are (measured on live_small: median 1-2 decodes).
+    batches = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128) if full else (1, 8, 32)
+    means = (64, 256, 1024, 2048) if full else (64, 256)
+    seen = set()
+    for d in batches:
+        for m in means:
+            m = min(m, max_len)
+            if d * m <= MAX_DECODE_TOKENS and (d, m) not in seen:
+                seen.add((d, m))
+                out.append(Composition("decode", "train", [], _contexts(rng, d, m, max_len)))
+    chunks = (16, 32, 64, 128, 256, 512, 1024, 2048) if full else (32, 128, 512)
+    offsets = (0, 256, 1024) if full else (0, 128)
+    for q in offsets:
+        for c in chunks:
+            if q + c <= max_len:
+                out.append(Composition("prefill", "train", [(c, q)], []))
+    multi = ((2, 64), (2, 256), (2, 512), (4, 64), (4, 256), (4, 512), (8, 64), (8, 256)) if full else ((4, 64),)
+    for k, p in multi:
+        if p <= max_len:
+            out.append(Composition("prefill", "train", [(p, 0)] * k, []))
+    budgets = (128, 256, 512, 1024, 2048) if full else (128, 256)
+    decode_counts = (4, 16, 64) if full else (4, 16)
+    settings = ((128, 0), (512, 256)) if full else ((128, 0),)
+    i = 0
+    for budget in budgets:
+        for d in decode_counts:
+            for m, q in settings:
+                c = budget - d
+                if c < 16 or q + c > max_len:
+                    continue
+                out.append(Composition("mixed", "train", [(c, q)], _contexts(rng, d, min(m, max_len), max_len),
+                                       final=[i % 2 == 0]))
+                i += 1
+    return out
+
+
+def heldout_compositions(max_len: int, per_kind: int, seed: int = 0) -> list[Composition]:
+    """Random compositions drawn independently of the grid (module docstring), ``per_kind`` of each kind."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    out: list[Composition] = []
+
+    def loguniform(lo: float, hi: float) -> int:
+        return int(round(math.exp(rng.uniform(math.log(lo), math.log(max(lo, hi))))))
+
+    for _ in range(per_kind):
+        d = loguniform(1, 64)
+        m = loguniform(16, min(max_len // 2, MAX_DECODE_TOKENS // (2 * d)))
+        ctx = rng.integers(16, min(max_len, 2 * m) + 1, d).tolist()
+        out.append(Composition("decode", "heldout", [], ctx))
+    for _ in range(per_kind):
+        k = int(rng.integers(1, 5))
+        chunks = []
+        for _ in range(k):
+            c = loguniform(16, max(16, max_len // k))
+            q = int(rng.integers(0, max_len - c + 1)) if rng.random() < 0.5 else 0
+            chunks.append((c, q))
+        out.append(Composition("prefill", "heldout", chunks, []))
+    for _ in range(per_kind):
+        budget = int(rng.choice([128, 256, 512, 1024, 2048]))
+        d = int(rng.integers(1, min(64, budget - 16) + 1))
+        c = min(budget - d, max_len)
+        q = int(rng.integers(0, max_len - c + 1))
+        ctx = rng.integers(16, min(max_len, 1024) + 1, d).tolist()
+        out.append(Composition("mixed", "heldout", [(c, q)], ctx, final=[bool(rng.random() < 0.5)]))
+    return out
+
+
+def features(chunks, decodes) -> tuple[int, float, int, int]:
+    """(N, Σ c(q + c/2), Σ ctx, |B|) of a composition."""
+    return (sum(c for c, _ in chunks) + len(decodes), float(sum(c * (q + c / 2) for c, q in chunks)),
+            int(sum(decodes)), len(chunks) + len(decodes))
+
+
+@dataclass
+class Fit:
+    beta: np.ndarray  # β0 .. β4
+    n_knee: float
+    train_mape: float
+
+
+def fit_linear(n: np.ndarray, work: np.ndarray, sum_ctx: np.ndarray, seqs: np.ndarray, t: np.ndarray,
+               weights: np.ndarray | None = None, knee_max: int = KNEE_MAX) -> Fit:
+    """NNLS on relative error of ``β0 + β1·max(N, knee) + β2·W + β3·S + β4·|B|``; knee by grid search.
+
+    ``weights`` multiply each row's relative error (default 1); the knee minimises the weighted MAPE.
+    """
+    n, work, sum_ctx, seqs, t = (np.asarray(a, dtype=float) for a in (n, work, sum_ctx, seqs, t))
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=float)
+    if len(t) < 5 or not (t > 0).all() or not (w >= 0).all():
+        raise ValueError("fit_linear needs at least 5 positive times and non-negative weights")
+    best: Fit | None = None
+    for knee in [0.0, *sorted(set(n[n <= knee_max].tolist()))]:
+        cols = [np.ones_like(n), np.maximum(n, knee), work, sum_ctx, seqs]
+        beta = _nnls_rel(cols, t) if weights is None else nnls(np.column_stack(cols) / t[:, None] * w[:, None], w)[0]
+        pred = np.column_stack(cols) @ beta
+        err = float(np.sum(np.abs(pred - t) / t * w) / np.sum(w) * 100)
+        if best is None or err < best.train_mape - 1e-12:
+            best = Fit(beta, float(knee), err)
+    return best
+
+
+class Profiler:
+    """A ``LiveExecutor`` with a ``BlockManager`` big enough for every composition, and the timing loop."""
+
+    def __init__(self, cfg: DictConfig, model, num_tokens: int) -> None:
+        from runtime.cli import _instantiate, _live_memory_plan
+
+        block_size = int(cfg.kv.block_size)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            # Room for the largest composition, with a block of slack per request; no swap space.
+            cfg.kv.num_blocks = int(-(-num_tokens // block_size) + 1024)
+            cfg.kv.num_blocks_scale = 1.0
+            cfg.kv.swap_blocks = 0
+        num_blocks, swap_blocks, plan = _live_memory_plan(cfg, model)
+        self.block_manager = BlockManager(num_blocks=num_blocks, block_size=block_size, watermark=0.0,
+                                          num_swap_blocks=swap_blocks)
+        self.executor = _instantiate(cfg.runtime, model=model, block_manager=self.block_manager, memory_plan=plan)
+        cache = self.executor.cache
+        gen = torch.Generator(device=cache.k.device).manual_seed(int(cfg.seed))
+        for tensor in (cache.k, cache.v):  # realistic values in every slot a decode may read; null slot zero
+            tensor.normal_(generator=gen)
+            tensor[:, cache.null_slot].zero_()
+
+    def run(self, comp: Composition) -> float:
+        bm, ex = self.block_manager, self.executor
+        scheduled: dict[str, int] = {}
+        prefill_ids, done, decode_ids = [], [], []
+        for i, ((c, q), final) in enumerate(zip(comp.chunks, comp.final)):
+            rid = f"__profile_p{i}"
+            prefill_ids.append(rid)
+            if final:
+                done.append(rid)
+            scheduled[rid] = c
+            bm.allocate_slots(rid, q + c)
+        for i, ctx in enumerate(comp.decodes):
+            rid = f"__profile_d{i}"
+            decode_ids.append(rid)
+            scheduled[rid] = 1
+            bm.allocate_slots(rid, ctx)
+        if any(not bm.has(rid) or bm.num_new_blocks(rid, 1) for rid in scheduled):
+            raise RuntimeError(f"profile block manager too small for {comp.label()}")
+        output = SchedulerOutput(num_scheduled_tokens=scheduled, prefill_chunks=list(comp.chunks),
+                                 prefill_req_ids=prefill_ids, prefill_done_req_ids=done,
+                                 decode_context_lens=list(comp.decodes), decode_req_ids=decode_ids,
+                                 num_used_blocks=bm.num_used_blocks)
+        try:
+            return ex.execute(output).step_time
+        finally:
+            for rid in scheduled:
+                ex.tokens.drop(rid)
+                bm.free(rid)
+
+
+def _describe_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _options(cfg: DictConfig, overrides: dict) -> dict:
+    given = OmegaConf.to_container(cfg.profile, resolve=True) if cfg.get("profile") is not None else {}
+    opts = {**DEFAULTS, **given, **overrides}
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"profile: unknown keys {sorted(unknown)} (known: {', '.join(DEFAULTS)})")
+    if not (isinstance(opts["repeats"], int) and opts["repeats"] >= 1):
+        raise ConfigError(f"profile.repeats must be an integer >= 1, got {opts['repeats']!r}")
+    for key in ("warmup", "settle"):
+        if not (isinstance(opts[key], int) and opts[key] >= 0):
+            raise ConfigError(f"profile.{key} must be an integer >= 0, got {opts[key]!r}")
+    if not (isinstance(opts["settle_s"], (int, float)) and opts["settle_s"] >= 0):
+        raise ConfigError(f"profile.settle_s must be a number >= 0, got {opts['settle_s']!r}")
+    if not (isinstance(opts["small_batch_weight"], (int, float)) and opts["small_batch_weight"] >= 0):
+        raise ConfigError(f"profile.small_batch_weight must be a number >= 0, got {opts['small_batch_weight']!r}")
+    if opts["stat"] not in STATS:
+        raise ConfigError(f"profile.stat must be one of {sorted(STATS)}, got {opts['stat']!r}")
+    if opts["heldout"] is None:
+        opts["heldout"] = HELDOUT.get(opts["grid"], 4)
+    if not (isinstance(opts["heldout"], int) and opts["heldout"] >= 1):
+        raise ConfigError(f"profile.heldout must be an integer >= 1 or null, got {opts['heldout']!r}")
+    return opts
+
+
+def _check_device(device: torch.device, hardware) -> None:
+    on_cpu = hardware.gpu == "cpu"
+    if device.type == "cuda" and on_cpu:
+        raise ConfigError(f"accelgen-profile: the live device is {device} but hardware={hardware.name}; name the "
+                          "conf/hardware option of this GPU (e.g. hardware=h100_80g), adding one if none matches")
+    if device.type == "cpu" and not on_cpu:
+        raise ConfigError(f"accelgen-profile: the live device is the CPU but hardware={hardware.name} is a GPU; "
+                          "use hardware=cpu (runtime=live's default) or runtime.device=cuda")
+
+
+def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bool | None = None,
+                **overrides) -> dict:
+    """Measure, fit, write ``<out>/<model>_<hardware>.yaml`` and ``measurements.csv``; returns the YAML payload.
+
+    ``overrides`` are ``profile.*`` options (module docstring) given as keywords.
+    """
+    from runtime.cli import _check_run_keys, _instantiate, fill_paths, is_live
+    from runtime.live.device import resolve_device, resolve_dtype
+
+    if not is_live(cfg):
+        raise ConfigError("accelgen-profile measures the live runtime: use runtime=live (the default of "
+                          "accelgen-profile), not runtime=sim")
+    fill_paths(cfg)
+    _check_run_keys(cfg)
+    opts = _options(cfg, overrides)
+    model = _instantiate(cfg.model)
+    hardware = _instantiate(cfg.hardware)
+    device = resolve_device(cfg.runtime.get("device", "auto"))
+    dtype = resolve_dtype(cfg.runtime.get("dtype", "auto"), device)
+    _check_device(device, hardware)
+    name = f"{model.name}_{hardware.name}"
+    out_dir = Path(opts["out"]) if opts["out"] is not None else DEFAULT_OUT
+    target = out_dir / f"{name}.yaml"
+    if target.exists() and not opts["overwrite"]:
+        raise ConfigError(f"{target} exists; pass profile.overwrite=true to replace it")
+
+    max_len = int(model.max_model_len)
+    train = grid_compositions(max_len, opts["grid"], opts["seed"])
+    heldout = heldout_compositions(max_len, opts["heldout"], opts["seed"])
+    comps = train + heldout
+    profiler = Profiler(cfg, model, max(c.kv_tokens + 16 * c.num_seqs for c in comps))
+    threads = torch.get_num_threads()
+
+    rounds, settle, settle_s = opts["warmup"] + opts["repeats"], opts["settle"], float(opts["settle_s"])
+    rng = np.random.default_rng(opts["seed"])
+    show = cfg.get("progress", True) if progress is None else progress
+    t0 = time.perf_counter()
+    with tqdm(total=rounds * len(comps), desc=f"profile {model.name}", unit="comp", dynamic_ncols=True,
+              disable=not show, mininterval=0.5) as bar:
+        for r in range(rounds):
+            for i in rng.permutation(len(comps)):
+                if r >= opts["warmup"]:  # untimed runs of the same batch first, as in serving (docstring)
+                    start, n = time.perf_counter(), 0
+                    while n < settle or (n < MAX_SETTLE_RUNS and time.perf_counter() - start < settle_s):
+                        profiler.run(comps[i])
+                        n += 1
+                t = profiler.run(comps[i])
+                if r >= opts["warmup"]:
+                    comps[i].times.append(t)
+                bar.update(1)
+    profile_s = time.perf_counter() - t0
+
+    rows = []
+    for k, comp in enumerate(comps):
+        n, work, sum_ctx, seqs = features(comp.chunks, comp.decodes)
+        times = np.asarray(comp.times)
+        rows.append(dict(id=k, kind=comp.kind, split=comp.split, composition=comp.label(), num_tokens=n,
+                         num_prefill_tokens=n - len(comp.decodes), num_chunks=len(comp.chunks),
+                         num_decodes=len(comp.decodes), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
+                         max_decode_ctx=max(comp.decodes, default=0), num_seqs=seqs,
+                         num_sampled=sum(comp.final) + len(comp.decodes), time_s=float(STATS[opts["stat"]](times)),
+                         median_s=float(np.median(times)), min_s=float(times.min()), max_s=float(times.max()),
+                         times_s=" ".join(f"{x:.6g}" for x in times)))
+    frame = pd.DataFrame(rows)
+    tr = frame[frame.split == "train"]
+    small = (tr.kind == "decode") & (tr.num_decodes <= SMALL_BATCH)
+    fit = fit_linear(tr.num_tokens, tr.prefill_attn_work, tr.sum_decode_ctx, tr.num_seqs, tr.time_s,
+                     weights=np.where(small, float(opts["small_batch_weight"]), 1.0))
+    b0, b1, b2, b3, b4 = (float(x) for x in fit.beta)
+    cm = LinearCostModel(beta0=b0, beta1=b1, beta2=b2, beta3=b3, beta4=b4, n_knee=fit.n_knee,
+                         engine_overhead_s=float(opts["engine_overhead_s"]))
+    # Predictions without the configured engine overhead: it is not part of what was measured.
+    frame["pred_s"] = [cm.predict_deterministic(c.chunks, c.decodes) - cm.engine_overhead_s for c in comps]
+    frame["ape_pct"] = (frame.pred_s - frame.time_s).abs() / frame.time_s * 100
+    ho = frame[frame.split == "heldout"]
+    fit_error = {"iteration": float(ho.ape_pct.mean()), "iteration_p95": float(np.percentile(ho.ape_pct, 95)),
+                 **{f"iteration_{k}": float(ho.ape_pct[ho.kind == k].mean()) for k in KINDS},
+                 "train": float(frame.ape_pct[frame.split == "train"].mean()),
+                 **{f"train_{k}": float(tr_k.ape_pct.mean()) for k in KINDS
+                    if len(tr_k := frame[(frame.split == "train") & (frame.kind == k)])},
+                 "num_train": int(len(tr)), "num_heldout": int(len(ho))}
+    fit_error = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fit_error.items()}
+    counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
+    where = _describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    source = (f"accelgen-profile: LiveExecutor.execute step_time ({opts['stat']} of {opts['repeats']} after "
+              f"{opts['warmup']} "
+              f"warmup round(s), rounds in seeded random order, each timed run after >= {settle} untimed run(s) and "
+              f">= {settle_s:g} s of the same batch) of {model.name} on {device} "
+              f"{str(dtype).removeprefix('torch.')} ({where}), "
+              f"{threads} torch threads, torch {torch.__version__}, python {platform.python_version()}; "
+              f"{opts['grid']} grid of {len(tr)} compositions ({counts}), max_model_len {max_len}, "
+              f"block_size {profiler.block_manager.block_size}; NNLS on relative error (decode-only batches of <= "
+              f"{SMALL_BATCH} weighted x{float(opts['small_batch_weight']):g}), n_knee by grid search; "
+              f"engine_overhead_s set to {float(opts['engine_overhead_s']):g} (host work outside execute is not "
+              f"measured); fit_error: MAPE % on {len(ho)} held-out random compositions ({opts['heldout']} per kind)")
+    payload = {"_target_": "runtime.sim.cost_model.LinearCostModel", "_convert_": "all", "name": name,
+               "beta0": b0, "beta1": b1, "beta2": b2, "beta3": b3, "beta4": b4,
+               "engine_overhead_s": float(opts["engine_overhead_s"]), "n_knee": float(fit.n_knee), "noise_cv": 0.0,
+               "seed": 0, "source": source, "fit_error": fit_error}
+    args = f"model={model.name} hardware={hardware.name} profile.grid={opts['grid']}"
+    text = HEADER.format(args=args) + yaml.safe_dump(payload, sort_keys=False, width=10_000)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda p: p.write_text(text))
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(output_dir / "measurements.csv", lambda p: frame.to_csv(p, index=False))
+    return {**payload, "_path": str(target), "_profile_s": profile_s, "_frame": frame}
+
+
+def format_result(result: dict) -> str:
+    e = result["fit_error"]
+    return "\n".join([
+        f"wrote {result['_path']} ({result['_profile_s']:.0f} s of timing)",
+        f"  beta0 {result['beta0'] * 1e3:.4g} ms   beta1 {result['beta1'] * 1e6:.4g} us/token   n_knee "
+        f"{result['n_knee']:g}   beta2 {result['beta2'] * 1e9:.4g} ns/token^2   beta3 {result['beta3'] * 1e9:.4g} "
+        f"ns/ctx token   beta4 {result['beta4'] * 1e6:.4g} us/seq",
+        f"  held-out MAPE %: all {e['iteration']:.2f} (p95 {e['iteration_p95']:.2f}), decode "
+        f"{e['iteration_decode']:.2f}, prefill {e['iteration_prefill']:.2f}, mixed {e['iteration_mixed']:.2f}; "
+        f"train {e['train']:.2f}",
+    ])
+
+
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = run_profile(cfg, output_dir)
+    except AccelgenError as error:
+        print(f"accelgen-profile: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(format_result(result))
+    print(f"  measurements: {output_dir / 'measurements.csv'}")
+
+
+def main() -> None:
+    """Entry point: ``runtime=live`` and ``task_name=profile`` unless given; ``profile.*`` keys may be new."""
+    import hydra
+
+    from runtime.cli import CONF_DIR
+
+    args = sys.argv[1:]
+    rewritten = []
+    for arg in args:
+        bare = arg.lstrip("+")
+        rewritten.append("++" + bare if bare.startswith("profile.") else arg)
+    if not any(a.lstrip("+").startswith("runtime=") for a in args):
+        rewritten.insert(0, "runtime=live")
+    if not any(a.lstrip("+").startswith("task_name=") for a in args):
+        rewritten.insert(0, "task_name=profile")
+    sys.argv = [sys.argv[0], *rewritten]
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(_hydra_main)()
+
+
+if __name__ == "__main__":
+    main()
