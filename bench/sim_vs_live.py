@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 import runtime.cli as cli
 from runtime.core.run_log import atomic_write, write_json
+from runtime.live.device import cpu_name
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -252,15 +253,6 @@ def plot(comp: pd.DataFrame, iters: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def profile_command(model: str, source: str) -> str:
     """The accelgen-profile command that wrote a cost model, read back from its ``source`` line."""
@@ -293,7 +285,7 @@ def cpu_seconds() -> tuple[float, float]:
 def machine() -> dict:
     import torch
 
-    return dict(cpu=_cpu_name(), cores=os.cpu_count(),
+    return dict(cpu=cpu_name(), cores=os.cpu_count(),
                 mem_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
                 python=platform.python_version(), torch=torch.__version__, default_threads=torch.get_num_threads())
 

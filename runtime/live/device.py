@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise ConfigError(f"runtime.dtype={name!r}: expected auto, {', '.join(sorted(_DTYPES))}")
     return _DTYPES[name]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the records of profiles and benchmarks."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def host_available_bytes() -> int:

@@ -83,15 +83,15 @@ import pandas as pd
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
+from scipy.optimize import nnls
 from tqdm.auto import tqdm
 
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.kv_cache import BlockManager
 from runtime.core.outputs import SchedulerOutput
 from runtime.core.run_log import atomic_write
+from runtime.live.device import cpu_name
 from runtime.sim.cost_model import LinearCostModel
-from scipy.optimize import nnls
-
 from runtime.sim.fit import _nnls_rel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -310,15 +310,6 @@ class Profiler:
                 bm.free(rid)
 
 
-def _describe_cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def _options(cfg: DictConfig, overrides: dict) -> dict:
     given = OmegaConf.to_container(cfg.profile, resolve=True) if cfg.get("profile") is not None else {}
@@ -437,7 +428,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                  "num_train": int(len(tr)), "num_heldout": int(len(ho))}
     fit_error = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fit_error.items()}
     counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
-    where = _describe_cpu() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     source = (f"accelgen-profile: LiveExecutor.execute step_time ({opts['stat']} of {opts['repeats']} after "
               f"{opts['warmup']} "
               f"warmup round(s), rounds in seeded random order, each timed run after >= {settle} untimed run(s) and "
