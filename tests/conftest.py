@@ -1,7 +1,10 @@
 """Shared factories and settings for the test suite."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,20 @@ CONF_DIR = REPO_ROOT / "conf"
 SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
 
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
+
+
+@contextmanager
+def load_bench(name: str):
+    """``bench/<name>.py`` imported as module ``name``, registered in ``sys.modules`` while in use (so its
+    dataclasses resolve and worker processes can unpickle its functions)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
 
 
 def create_requests(num_requests: int = 10, *, num_prompt_tokens=64, max_tokens=16, arrival_gap: float = 0.0,

@@ -1,23 +1,15 @@
 """Smoke test of bench/accelgen_vs_baselines.py: the real config stack, tiny (--quick, about 5 s on 2 cores)."""
-import importlib.util
-import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO_ROOT / "bench" / "accelgen_vs_baselines.py"
-    spec = importlib.util.spec_from_file_location("accelgen_vs_baselines", path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered so that its dataclasses resolve and worker processes can unpickle its functions.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_bench("accelgen_vs_baselines") as module:
+        yield module
 
 
 def test_quick_run_writes_every_output(bench, tmp_path):

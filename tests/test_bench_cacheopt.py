@@ -1,24 +1,16 @@
 """Smoke test of bench/cacheopt_vs_baselines.py: its pure table functions and a --quick run (about 5 s on 2 cores)."""
-import importlib.util
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO_ROOT / "bench" / "cacheopt_vs_baselines.py"
-    spec = importlib.util.spec_from_file_location("cacheopt_vs_baselines", path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered so that worker processes can unpickle its functions.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_bench("cacheopt_vs_baselines") as module:
+        yield module
 
 
 def _grid():

@@ -1,28 +1,21 @@
 """Smoke test of bench/live_throughput.py: a --quick run (tiny model, 12 requests, our runtime with sarathi and vllm
 against HF generate at batch sizes 4 and 8) into a temporary directory. Checks the outputs exist and the token
 accounting, never timings. About 15 s on 2 cores."""
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_bench
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO_ROOT / "bench" / "live_throughput.py"
-    spec = importlib.util.spec_from_file_location("live_throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_bench("live_throughput") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 
 Checks the outputs and their columns only: the numbers are timings, which tests never assert.
 """
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, load_bench
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -20,13 +18,8 @@ pytestmark = pytest.mark.skipif(not (REPO_ROOT / "conf" / "cost_model" / "tiny_c
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO_ROOT / "bench" / "sim_vs_live.py"
-    spec = importlib.util.spec_from_file_location("sim_vs_live", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with load_bench("sim_vs_live") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
