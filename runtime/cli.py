@@ -7,8 +7,10 @@ else is connected through ``_target_``.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -17,6 +19,7 @@ from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 from tqdm.auto import tqdm
 
 from runtime.core.clock import VirtualClock, WallClock
@@ -26,6 +29,7 @@ from runtime.core.kv_cache import BlockManager
 from runtime.core.metrics import kv_activity, requests_frame, summarise
 from runtime.core.run_log import write_json, write_run_outputs
 from runtime.report import FAILED_FILE
+from runtime import resume
 from runtime.core.slo import resolve_slo_classes
 from runtime.sim.capacity import num_kv_blocks
 from runtime.sim.transfer import PCIeTransferModel, num_swap_blocks
@@ -38,6 +42,21 @@ SUMMARY_KEYS_SHOWN = (
     "slo_attainment_by_class", "goodput_rps", "throughput_rps", "throughput_tps", "ttft_p50_s", "ttft_p99_s",
     "tbt_p50_s", "tbt_p99_s", "jct_mean_s", "num_preemptions", "num_swaps", "num_iterations", "wall_s",
 )
+
+
+def _load_rate(load, reference, model_name, workload_name) -> float:
+    """``${load_rate:load,reference,model,workload}``: an arrival rate as a multiple of a reference capacity (the
+    paper experiments, conf/experiment/paper_*.yaml), with an error naming the missing reference."""
+    if reference is None:
+        raise ConfigError(
+            f"no reference rate for model={model_name} workload={workload_name}: add "
+            f"paper.reference_rate.{model_name}.{workload_name}=<req/s> (the best baseline's capacity, from "
+            f"`accelgen task=capacity model={model_name} workload={workload_name} scheduler=<baseline>`)")
+    return float(load) * float(reference)
+
+
+if not OmegaConf.has_resolver("load_rate"):
+    OmegaConf.register_new_resolver("load_rate", _load_rate)
 
 
 def fill_paths(cfg: DictConfig) -> None:
@@ -176,8 +195,10 @@ def _gap_accountant(cfg: DictConfig, scheduler, cost_model):
         max_tokens=o.max_tokens)
 
 
-def run(cfg: DictConfig, output_dir: Path | None) -> dict:
-    """Run one experiment, write its outputs to ``output_dir`` (if given) and return its summary."""
+def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = None) -> dict:
+    """Run one experiment, write its outputs to ``output_dir`` (if given) and return its summary.
+
+    ``config_hash`` (``runtime.resume``) goes into the summary, so a resumed sweep can find the result."""
     t0 = time.perf_counter()
     parts = build(cfg)
     scheduler, workload = parts["scheduler"], parts["workload"]
@@ -204,6 +225,7 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
         "kv_num_blocks": parts["block_manager"].num_blocks,
         "kv_swap_blocks": parts["block_manager"].num_swap_blocks,
         "preemption_mode": getattr(scheduler, "preemption_mode", None),
+        **arrival_rates(cfg, frame),
         "runtime": "live" if is_live(cfg) else "sim",
         "device": getattr(parts["executor"], "description", "simulated"),
         "slo_classes_s": {n: {"ttft_slo_s": c.ttft_slo_s, "tbt_slo_s": c.tbt_slo_s} for n, c in parts["slo_classes"].items()},
@@ -211,6 +233,7 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
         **summarise(frame, result.requests, warmup_s=metrics_cfg.warmup_s),
         "num_iterations": len(result.iterations),
         "wall_s": time.perf_counter() - t0,
+        "config_hash": config_hash,
     }
     iterations = result.iterations.to_frame()
     summary.update(kv_activity(iterations))
@@ -230,9 +253,24 @@ def run(cfg: DictConfig, output_dir: Path | None) -> dict:
     return summary
 
 
+def arrival_rates(cfg: DictConfig, frame) -> dict:
+    """The run's load: ``arrival_rate`` as configured (the x axis of a rate sweep: ``workload.arrival.rate``, or a
+    trace's ``target_rate``; the measured rate when neither is set) and ``offered_rate_rps`` as measured,
+    ``(n - 1) / (last arrival - first arrival)``."""
+    arrivals = frame["arrival_time"]
+    span = float(arrivals.max() - arrivals.min()) if len(arrivals) > 1 else 0.0
+    offered = (len(arrivals) - 1) / span if span > 0 else None
+    workload = cfg.workload
+    configured = OmegaConf.select(workload, "arrival.rate", default=None)
+    if configured is None:
+        configured = workload.get("target_rate")
+    return {"arrival_rate": float(configured) if configured is not None else offered, "offered_rate_rps": offered}
+
+
 def format_summary(summary: dict) -> str:
     lines = []
-    for key in SUMMARY_KEYS_SHOWN:
+    capacity = [k for k in ("capacity_rps", "capacity_status", "capacity_num_evaluations") if k in summary]
+    for key in (*SUMMARY_KEYS_SHOWN[:2], *capacity, *SUMMARY_KEYS_SHOWN[2:]):
         value = summary.get(key)
         if isinstance(value, float):
             value = f"{value:.4g}"
@@ -246,20 +284,65 @@ def format_summary(summary: dict) -> str:
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
-        summary = run(cfg, output_dir)
+        digest = _resolved_hash(cfg)
+        if sweep_dir is not None and cfg.get("resume", True):
+            done = resume.find_result(sweep_dir, digest)
+            if done is not None:
+                summary = json.loads(done.read_text())
+                print(f"{summary.get('scheduler')} on {summary.get('workload')}: already done -> {done.parent} "
+                      f"(resume)")
+                return float(summary.get("goodput_rps") or float("nan"))
+        summary = run_task(cfg, output_dir, config_hash=digest)
     except AccelgenError as error:
         print(f"accelgen: error: {error}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if sweep_dir is not None:
             # One impossible job must not cost the rest of the sweep: record it; the sweep's end reports it and
             # exits non-zero (runtime.report.ComparisonCallback).
             write_json(output_dir / FAILED_FILE, {"error": str(error), "type": type(error).__name__})
             return float("nan")
         sys.exit(2)
+    (output_dir / FAILED_FILE).unlink(missing_ok=True)  # a retried job that now succeeds
     print(f"{summary['scheduler']} on {summary['workload']} -> {output_dir}")
     print(format_summary(summary))
+    log_run(cfg, output_dir, summary, sweep_dir=sweep_dir)
     # The metric a sweeper optimises.
-    return float(summary["goodput_rps"])
+    return float(summary.get("goodput_rps") or float("nan"))
+
+
+def _resolved_hash(cfg: DictConfig) -> str:
+    """``resume.config_hash``, with a config that cannot resolve reported as the ``ConfigError`` it is."""
+    try:
+        return resume.config_hash(cfg)
+    except InterpolationResolutionError as error:
+        # OmegaConf re-wraps a resolver's exception once per nesting level; its message survives as text.
+        message = str(error).splitlines()[0].rsplit(" raised while resolving interpolation: ", 1)[-1]
+        raise ConfigError(message) from None
+
+
+def run_task(cfg: DictConfig, output_dir: Path, *, config_hash: str | None = None) -> dict:
+    """``task=run`` (one experiment) or ``task=capacity`` (a capacity search, ``runtime.capacity_task``)."""
+    task = cfg.get("task") or {}
+    name = task.get("name", "run")
+    if name == "run":
+        return run(cfg, output_dir, config_hash=config_hash)
+    if name == "capacity":
+        from runtime.capacity_task import run_capacity
+
+        return run_capacity(cfg, output_dir, config_hash=config_hash)
+    raise ConfigError(f"task.name must be 'run' or 'capacity', got {name!r}")
+
+
+def log_run(cfg: DictConfig, output_dir: Path, summary: dict, *, sweep_dir: Path | None) -> None:
+    """Send a finished run to the configured logger (``logger=wandb``); a logger never fails the experiment."""
+    if cfg.get("logger") is None:
+        return
+    try:
+        _instantiate(cfg.logger).log_run(cfg, output_dir, summary, sweep_dir=sweep_dir)
+    except Exception as error:  # noqa: BLE001 - results are on disk already; the logger is a copy
+        warnings.warn(f"logger failed, local results are in {output_dir}: {type(error).__name__}: {error}",
+                      stacklevel=1)
 
 
 if __name__ == "__main__":

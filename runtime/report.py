@@ -1,7 +1,13 @@
 """Sweep reports: one comparison table from the ``summary.json`` of every job of a multirun.
 
 ``ComparisonCallback`` is a Hydra callback (see ``conf/hydra/default.yaml``): at the end of a multirun it reads
-each job's summary, prints a table and writes ``comparison.csv`` and ``comparison.png`` in the sweep directory.
+each job's summary, prints a table and writes, in the sweep directory:
+
+* ``comparison.csv``: one row per completed job (every job folder with a ``summary.json``, in job order; a result
+  found twice for one config hash, ``runtime.resume``, counts once). It holds only what the config and seed
+  determine, so a sweep gives the same file byte for byte whichever launcher ran it and in whatever order the
+  jobs finished; the measured wall-clock columns (``wall_s``, the Oracle's solve times) go to ``timings.csv``.
+* ``comparison.png`` and the standard plots of ``runtime.plots.sweep_figures``.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
+
+from runtime.core.run_log import atomic_write
 
 #: Written instead of summary.json by a sweep job that stopped on a configuration or input error.
 FAILED_FILE = "failed.json"
@@ -56,13 +64,30 @@ def collect_summaries(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def is_timing(column: str) -> bool:
+    """Columns measured on the wall clock: they differ between two runs of the same config."""
+    return column == "wall_s" or "solve_time" in column or column.endswith("_wall_s")
+
+
 def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every collected column, the headline ones first (this is what comparison.csv holds)."""
+    """Every collected column, the headline ones first, timings last (this is what comparison.csv holds)."""
     if frame.empty:
         return frame
+    if "config_hash" in frame:
+        # The same config twice (a result found again by a resumed sweep) is one result: keep the first job.
+        frame = frame[~(frame["config_hash"].notna() & frame["config_hash"].duplicated())]
     extra = sorted(c for c in frame.columns if c.startswith("slo_attainment["))
-    first = [c for c in ["job", "overrides", *COLUMNS[:7], *extra, *COLUMNS[7:]] if c in frame.columns]
-    return frame[first + [c for c in frame.columns if c not in first]]
+    capacity = [c for c in frame.columns if c.startswith("capacity_")]
+    first = [c for c in ["job", "overrides", *COLUMNS[:3], "arrival_rate", *capacity, *COLUMNS[3:7], *extra,
+                         *COLUMNS[7:]] if c in frame.columns]
+    ordered = first + [c for c in frame.columns if c not in first]
+    return frame[[c for c in ordered if not is_timing(c)] + [c for c in ordered if is_timing(c)]].reset_index(drop=True)
+
+
+def split_timings(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(deterministic columns, ``job`` + the wall-clock ones)."""
+    timing = [c for c in table.columns if is_timing(c)]
+    return table.drop(columns=timing), table[[c for c in ("job",) if c in table] + timing]
 
 
 def format_table(frame: pd.DataFrame) -> str:
@@ -136,7 +161,9 @@ class ComparisonCallback(Callback):
         if table.empty:
             print(f"no summary.json found under {sweep_dir}")
             return
-        table.to_csv(sweep_dir / "comparison.csv", index=False)
+        results, timings = split_timings(table)
+        atomic_write(sweep_dir / "comparison.csv", lambda p: results.to_csv(p, index=False))
+        atomic_write(sweep_dir / "timings.csv", lambda p: timings.to_csv(p, index=False))
         plot = plot_comparison(table, sweep_dir / "comparison.png")
         print(f"\nComparison ({len(table)} runs) -> {sweep_dir / 'comparison.csv'}, {plot.name}")
         print(format_table(table))

@@ -80,12 +80,13 @@ def create_slo_classes():
             "loose": SLOClass("loose", ttft_slo_s=10.0, tbt_slo_s=0.5)}
 
 
-def compose_config(overrides: list[str] | None = None):
+def compose_config(overrides: list[str] | None = None, *, return_hydra_config: bool = False):
     """The real root config with overrides (no Hydra run directory; progress bars off)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(config_name="config", overrides=["progress=false", *(overrides or [])], return_hydra_config=False)
+        return compose(config_name="config", overrides=["progress=false", *(overrides or [])],
+                       return_hydra_config=return_hydra_config)
 
 
 def create_scheduler(name: str, *, block_manager=None, cost_model=None, slo_classes=None, max_model_len: int = 4096,

@@ -453,6 +453,7 @@ class BaseScheduler:
 
     def _finish_output(self, output: SchedulerOutput) -> SchedulerOutput:
         output.num_used_blocks = self.block_manager.num_used_blocks
+        output.num_waiting = len(self.waiting) + len(self.swapped)
         # Preemptions made while building this step are reported with it.
         output.preempted_req_ids.extend(self._step_preempted)
         self._step_preempted = []

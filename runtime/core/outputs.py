@@ -40,6 +40,8 @@ class SchedulerOutput:
     finished_req_ids: list[str] = field(default_factory=list)
     # Blocks in use after this step's allocations (for the iteration log).
     num_used_blocks: int = 0
+    # Requests queued after this step was built (waiting + swapped out): the queue length of the iteration log.
+    num_waiting: int = 0
     # The latency bound the scheduler planned this step against (seconds; None: it planned none). Logged next to
     # the step's duration, so a run shows its own budget and, with a noisy latency model, where the plan missed.
     step_cap_s: float | None = None

@@ -21,7 +21,7 @@ class IterationLog:
 
     __slots__ = ("start", "duration", "prefill_tokens", "decode_tokens", "batch_size", "kv_blocks_used", "preempted",
                  "step_cap", "swapped_out", "swap_out_blocks", "swap_in_blocks", "swap_time", "recompute_tokens",
-                 "recompute_time")
+                 "recompute_time", "num_waiting")
 
     def __init__(self) -> None:
         self.start: list[float] = []
@@ -39,6 +39,7 @@ class IterationLog:
         self.swap_time: list[float] = []
         self.recompute_tokens: list[int] = []
         self.recompute_time: list[float] = []
+        self.num_waiting: list[int] = []
 
     def log_step(self, start: float, output: SchedulerOutput, step_time: float, swap_time: float = 0.0,
                  recompute_time: float = 0.0) -> None:
@@ -57,6 +58,7 @@ class IterationLog:
         self.swap_time.append(swap_time)
         self.recompute_tokens.append(output.num_recompute_tokens)
         self.recompute_time.append(recompute_time)
+        self.num_waiting.append(output.num_waiting)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -71,6 +73,7 @@ class IterationLog:
                 "decode_tokens": pd.array(self.decode_tokens, dtype="int64"),
                 "batch_size": pd.array(self.batch_size, dtype="int64"),
                 "kv_blocks_used": pd.array(self.kv_blocks_used, dtype="int64"),
+                "num_waiting": pd.array(self.num_waiting, dtype="int64"),
                 "num_preempted": pd.array(self.preempted, dtype="int64"),
                 "step_cap_s": pd.array(self.step_cap, dtype="float64"),
                 "num_swapped_out": pd.array(self.swapped_out, dtype="int64"),

@@ -1,0 +1,51 @@
+"""Resumable sweeps: a sweep job whose result already exists for the same resolved config is not run again.
+
+Every run's ``summary.json`` carries ``config_hash``: the SHA-256 of the resolved experiment config as canonical
+JSON (sorted keys), without the keys that cannot change a result:
+
+* ``progress`` (a progress bar), ``logger`` (where results are also sent), ``tags``, ``task_name`` (the output
+  folder's name), ``paths`` (where the shared data lives, not what it holds), ``resume`` itself.
+
+A multirun job first looks for a ``summary.json`` with its hash in any job folder of the sweep directory
+(``hydra.sweep.dir``); when one exists it prints where and returns that result instead of running. Re-running a
+sweep into the same folder therefore runs only the jobs that have no complete result:
+
+    accelgen -m scheduler=vllm,sarathi workload.arrival.rate=1,2,3 hydra.sweep.dir=multirun/my_sweep
+    # interrupted (Ctrl-C, a killed node, a crashed job): run the same command again
+
+Job folders are named by job number and overrides, so adding a value to a sweep renumbers later jobs; the match
+is by hash over the whole sweep directory, not by folder name, so renumbered jobs are still found. A result is
+complete only when ``summary.json`` exists: it is written last and atomically (``runtime.core.run_log``), so a job
+killed mid-run leaves none and is run again. ``resume=false`` runs every job regardless.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+#: Top-level keys that do not change a run's results.
+NOT_HASHED = ("progress", "logger", "tags", "task_name", "paths", "resume")
+SUMMARY_FILE = "summary.json"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-256 (hex) of the resolved config without the ``NOT_HASHED`` keys."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    kept = {k: v for k, v in container.items() if k not in NOT_HASHED and k != "hydra"}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def find_result(sweep_dir: Path, digest: str) -> Path | None:
+    """The ``summary.json`` of a completed job with this config hash anywhere in the sweep directory."""
+    for path in sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: not a result (atomic writes make this rare), so the job runs again
+        if isinstance(summary, dict) and summary.get("config_hash") == digest:
+            return path
+    return None
