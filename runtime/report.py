@@ -165,5 +165,8 @@ class ComparisonCallback(Callback):
         atomic_write(sweep_dir / "comparison.csv", lambda p: results.to_csv(p, index=False))
         atomic_write(sweep_dir / "timings.csv", lambda p: timings.to_csv(p, index=False))
         plot = plot_comparison(table, sweep_dir / "comparison.png")
-        print(f"\nComparison ({len(table)} runs) -> {sweep_dir / 'comparison.csv'}, {plot.name}")
+        from runtime.plots import sweep_figures  # matplotlib-heavy; only at the end of a sweep
+
+        figures = [plot.name, *(path.name for path in sweep_figures(sweep_dir, table).values())]
+        print(f"\nComparison ({len(table)} runs) -> {sweep_dir / 'comparison.csv'}, {', '.join(figures)}")
         print(format_table(table))
