@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from runtime.cli import build
 from tests.conftest import CONF_DIR, SHARED_DATA, compose_config
 
-GROUPS = ["scheduler", "workload", "model", "hardware", "cost_model", "slo", "runtime"]
+GROUPS = ["scheduler", "workload", "model", "hardware", "cost_model", "slo", "runtime", "task", "logger", "experiment"]
 TRACE_WORKLOADS = {"azure_conv", "azure_code"}
 
 
