@@ -73,6 +73,15 @@ def test_ray_sweep_on_a_local_cluster(serial, tmp_path):
                                                                           ref.goodput_rps)
 
 
+def test_submitit_sweep_runs_jobs_as_the_slurm_launcher_does(serial, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra: pip install -e '.[slurm]'")
+    out = tmp_path / "submitit"
+    # submitit_local: the submitit launcher's own job submission, pickling and result collection, with local
+    # processes in place of SLURM (which CI does not have).
+    sweep(out, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert (out / "comparison.csv").read_bytes() == (serial / "comparison.csv").read_bytes()
+
+
 def _summaries(sweep_dir: Path) -> dict[str, float]:
     """Job folder -> mtime of its summary.json (the completed jobs)."""
     return {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*/summary.json")}
