@@ -49,6 +49,7 @@ from omegaconf import OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 import runtime.cli as cli
+from runtime.core.recording import RecordingExecutor
 from runtime.core.run_log import atomic_write, write_json
 from runtime.live.device import cpu_name
 
@@ -67,28 +68,6 @@ EXTRA = ["slo_attainment", "throughput_rps", "jct_mean_s", "num_iterations", "nu
          "kv_num_blocks", "kv_swap_blocks", "token_budget", "wall_s", "device"]
 MAPE_TARGET, METRIC_TOL = 10.0, 0.15
 KINDS = ("decode", "prefill", "mixed")
-
-
-class RecordingExecutor:
-    """Forwards to the live executor and records each step's composition, measured time and the engine gap."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.rows: list[dict] = []
-        self._last_exit: float | None = None
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def execute(self, output):
-        entry = time.perf_counter()
-        gap = math.nan if self._last_exit is None else entry - self._last_exit
-        result = self.inner.execute(output)
-        self._last_exit = time.perf_counter()
-        self.rows.append(dict(chunks=list(output.prefill_chunks), decodes=list(output.decode_context_lens),
-                              step_time=result.step_time, swap_time=result.swap_time,
-                              recompute_tokens=output.num_recompute_tokens, gap_s=gap))
-        return result
 
 
 @contextmanager
@@ -266,6 +245,12 @@ def profile_command(model: str, source: str) -> str:
         command += f" profile.warmup={warmup}" if warmup != 1 else ""
     if grid and grid.group(1) != "full":
         command += f" profile.grid={grid.group(1)}"
+    served = re.search(r"with (\S+) at (\S+) req/s", source or "")
+    if served:
+        rates = served.group(2).replace("/", ",")
+        command += f" 'profile.serve_rates=[{rates}]'"
+        if served.group(1) != "sarathi/vllm":
+            command += f" 'profile.serve_schedulers=[{served.group(1).replace('/', ',')}]'"
     return command
 
 

@@ -121,3 +121,53 @@ def test_entry_point_injects_live_runtime():
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["runtime"]["_target_"] == "runtime.live.executor.LiveExecutor"
     assert cfg["hardware"]["name"] == "cpu" and cfg["profile"]["grid"] == "quick" and cfg["task_name"] == "profile"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    out = tmp_path_factory.mktemp("served")
+    cfg = compose_config(["runtime=live", "model=tiny"])
+    result = profile.run_profile(cfg, out / "run", grid="quick", repeats=1, warmup=0, heldout=2, out=str(out / "cm"),
+                                 serve_rates=[30.0], serve_requests=8, serve_schedulers=["sarathi", "vllm"],
+                                 progress=False)
+    return out, result
+
+
+def test_served_calibration_fits_on_the_steps_of_live_runs(served):
+    out, result = served
+    frame = pd.read_csv(out / "run" / "measurements.csv")
+    serve = frame[frame.split == "serve"]
+    # Steps of both runs, in order, each a real composition with its measured time.
+    runs = serve.id.str.split("#").str[0]
+    assert set(runs) == {"sarathi@30", "vllm@30"}
+    for _, group in serve.groupby(runs):
+        steps = group.id.str.split("#").str[1].astype(int)
+        assert steps.is_monotonic_increasing
+    assert (serve.time_s > 0).all() and (serve.num_tokens >= 1).all()
+    # 8 requests each: every prompt is prefilled and every output token decoded in some step.
+    assert (serve.groupby(runs).num_prefill_tokens.sum() > 0).all() and (serve.num_decodes > 0).any()
+    errors = result["fit_error"]
+    assert errors["num_serve"] == len(serve) and math.isfinite(errors["serve"])
+    # The YAML says how it was fitted, and is fitted on more than the grid: its in-sample serve error is the
+    # one of its own coefficients on those rows.
+    raw = yaml.safe_load((out / "cm" / "tiny_cpu.yaml").read_text())
+    assert "served calibration" in raw["source"] and "profile.serve_rates=[30]" in \
+        (out / "cm" / "tiny_cpu.yaml").read_text().splitlines()[0]
+    m = instantiate(OmegaConf.load(out / "cm" / "tiny_cpu.yaml"))
+    pred = (m.beta0 + m.beta1 * np.maximum(serve.num_tokens, m.n_knee) + m.beta2 * serve.prefill_attn_work
+            + m.beta3 * serve.sum_decode_ctx + m.beta4 * serve.num_seqs)
+    assert np.mean(np.abs(pred - serve.time_s) / serve.time_s) * 100 == pytest.approx(errors["serve"], abs=1e-2)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("serve_rates", [0.0], "serve_rates"),
+    ("serve_rates", 4.0, "serve_rates"),
+    ("serve_schedulers", ["nope"], "conf/scheduler/nope.yaml"),
+    ("serve_workload", "nope", "conf/workload/nope.yaml"),
+    ("serve_requests", 0, "serve_requests"),
+    ("serve_grid_weight", -1, "serve_grid_weight"),
+])
+def test_served_calibration_options_are_checked(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        profile.run_profile(compose_config(["runtime=live", "model=tiny"]), None, out=str(tmp_path),
+                            **{key: value})

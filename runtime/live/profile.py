@@ -10,7 +10,9 @@ you): ``grid`` (``full`` or ``quick``, the test/smoke grid), ``repeats`` (timed 
 one: at least ``settle`` runs and ``settle_s`` seconds, default 1 and 0.05, at most 32 runs), ``stat`` (``median``,
 the default, or ``min``: see below), ``small_batch_weight`` (see Fit), ``heldout`` (random held-out compositions
 per kind; null: 30 full, 4 quick), ``out`` (folder of the YAML; null: ``conf/cost_model``), ``overwrite`` (replace
-an existing YAML), ``seed``, ``engine_overhead_s`` (written as is; default 0, see below). ``runtime=live`` is
+an existing YAML), ``seed``, ``engine_overhead_s`` (written as is; default 0, see below), and the served
+calibration's ``serve_rates`` (req/s; empty, the default, turns it off), ``serve_schedulers`` (sarathi, vllm),
+``serve_workload`` (live_small), ``serve_requests`` (200), ``serve_seed`` (1) and ``serve_grid_weight`` (5). ``runtime=live`` is
 implied and every ``runtime.*`` key (device, dtype, threads, checkpoint) is the live run's. The YAML is
 ``<out>/<model>_<hardware>.yaml``, the name ``cost_model: ${model}_${hardware}`` resolves to, so
 ``accelgen runtime=live model=<m>`` plans with it and ``accelgen runtime=sim model=<m> hardware=<hw>`` simulates
@@ -68,6 +70,17 @@ value in. ``fit_error`` is MAPE (%) on **held-out** compositions drawn independe
 log-uniform in 1 .. 64, contexts uniform in ``[16, 2m]`` for a log-uniform ``m``; prefill: 1 .. 4 chunks of
 log-uniform size at random offsets; mixed: budgets 128 .. 2048 with up to 64 decodes), per kind, overall and its
 95th percentile, plus the in-sample MAPE of the grid (``train``).
+
+Served calibration (``profile.serve_rates=[2,8,24]``, how the shipped ``llama_15m_cpu.yaml`` is fitted). The grid
+times settled steps, but in serving a step often follows a differently shaped one and is then slower (above);
+so after the grid fit the profiler also runs ``serve_workload`` live (``serve_requests`` requests, seed
+``serve_seed``, every scheduler of ``serve_schedulers`` at every rate of ``serve_rates``, the schedulers planning
+with the grid fit), records every step's composition and ``step_time`` (``runtime.core.recording``; steps with
+swaps or recomputes left out), and refits the same form on the grid and the served steps together, each grid
+composition weighted as ``serve_grid_weight`` served steps so the grid's long prefills, rare in served steps, still
+determine ``β2``. The served steps are in ``measurements.csv`` (``split = serve``) and their in-sample MAPE is
+``fit_error.serve``. Pick seeds and rates other than those the fit is judged on (``bench/sim_vs_live.py`` uses
+seed 0 at 4/16/32 req/s), as the defaults do.
 """
 from __future__ import annotations
 
@@ -95,9 +108,12 @@ from runtime.sim.cost_model import LinearCostModel
 from runtime.sim.fit import _nnls_rel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO_ROOT / "conf" / "cost_model"
+CONF_PATH = REPO_ROOT / "conf"
+DEFAULT_OUT = CONF_PATH / "cost_model"
 DEFAULTS = dict(grid="full", repeats=5, warmup=1, settle=1, settle_s=0.05, stat="median", small_batch_weight=4.0,
-                heldout=None, out=None, overwrite=False, seed=0, engine_overhead_s=0.0)
+                heldout=None, out=None, overwrite=False, seed=0, engine_overhead_s=0.0, serve_rates=[],
+                serve_schedulers=["sarathi", "vllm"], serve_workload="live_small", serve_requests=200, serve_seed=1,
+                serve_grid_weight=5.0)
 STATS = {"median": np.median, "min": np.min}
 HELDOUT = {"full": 30, "quick": 4}
 KINDS = ("decode", "prefill", "mixed")
@@ -328,6 +344,18 @@ def _options(cfg: DictConfig, overrides: dict) -> dict:
         raise ConfigError(f"profile.small_batch_weight must be a number >= 0, got {opts['small_batch_weight']!r}")
     if opts["stat"] not in STATS:
         raise ConfigError(f"profile.stat must be one of {sorted(STATS)}, got {opts['stat']!r}")
+    rates = opts["serve_rates"]
+    if not (isinstance(rates, (list, tuple)) and all(isinstance(r, (int, float)) and r > 0 for r in rates)):
+        raise ConfigError(f"profile.serve_rates must be a list of rates > 0 (req/s), got {rates!r}")
+    for key, group in (("serve_schedulers", "scheduler"), ("serve_workload", "workload")):
+        names = opts[key] if isinstance(opts[key], (list, tuple)) else [opts[key]]
+        for name in names:
+            if not (CONF_PATH / group / f"{name}.yaml").is_file():
+                raise ConfigError(f"profile.{key}: no conf/{group}/{name}.yaml")
+    if not (isinstance(opts["serve_grid_weight"], (int, float)) and opts["serve_grid_weight"] >= 0):
+        raise ConfigError(f"profile.serve_grid_weight must be a number >= 0, got {opts['serve_grid_weight']!r}")
+    if not (isinstance(opts["serve_requests"], int) and opts["serve_requests"] >= 1):
+        raise ConfigError(f"profile.serve_requests must be an integer >= 1, got {opts['serve_requests']!r}")
     if opts["heldout"] is None:
         opts["heldout"] = HELDOUT.get(opts["grid"], 4)
     if not (isinstance(opts["heldout"], int) and opts["heldout"] >= 1):
@@ -343,6 +371,75 @@ def _check_device(device: torch.device, hardware) -> None:
     if device.type == "cpu" and not on_cpu:
         raise ConfigError(f"accelgen-profile: the live device is the CPU but hardware={hardware.name} is a GPU; "
                           "use hardware=cpu (runtime=live's default) or runtime.device=cuda")
+
+
+def _fit(rows: pd.DataFrame, opts: dict) -> Fit:
+    """``fit_linear`` over grid and served rows; small decode-only grid batches weighted (module docstring)."""
+    grid = (rows.split == "train").to_numpy()
+    small = grid & ((rows.kind == "decode") & (rows.num_decodes <= SMALL_BATCH)).to_numpy()
+    weights = np.where(small, float(opts["small_batch_weight"]), 1.0)
+    if (~grid).any():  # with served steps: each grid composition counts as serve_grid_weight of them
+        weights = np.where(grid, weights * float(opts["serve_grid_weight"]), 1.0)
+    return fit_linear(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, rows.time_s,
+                      weights=weights)
+
+
+def _payload(name: str, fit: Fit, opts: dict, source: str) -> dict:
+    """The cost-model YAML's fields (``runtime.sim.cost_model.LinearCostModel``)."""
+    b0, b1, b2, b3, b4 = (float(x) for x in fit.beta)
+    return {"_target_": "runtime.sim.cost_model.LinearCostModel", "_convert_": "all", "name": name,
+            "beta0": b0, "beta1": b1, "beta2": b2, "beta3": b3, "beta4": b4,
+            "engine_overhead_s": float(opts["engine_overhead_s"]), "n_knee": float(fit.n_knee), "noise_cv": 0.0,
+            "seed": 0, "source": source}
+
+
+def _group_option(group: str, name: str) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` as a node (the served calibration swaps scheduler and workload in)."""
+    node = OmegaConf.load(CONF_PATH / group / f"{name}.yaml")
+    if "defaults" in node:
+        raise ConfigError(f"profile: conf/{group}/{name}.yaml has a defaults list; pick a self-contained option")
+    return node
+
+
+def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool) -> pd.DataFrame:
+    """Every step of live runs of ``serve_workload`` at each of ``serve_rates`` with each of ``serve_schedulers``:
+    its composition features and measured ``step_time`` (the served calibration, module docstring).
+
+    The runs are ordinary live runs (``runtime.cli.build``, the engine, a wall clock skipping idle gaps) whose
+    schedulers plan with ``cost_model`` (the grid fit), on the seed ``serve_seed``."""
+    from runtime.cli import build
+    from runtime.core.clock import WallClock
+    from runtime.core.engine import Engine
+    from runtime.core.recording import RecordingExecutor
+
+    rows = []
+    runs = [(s, float(r)) for s in opts["serve_schedulers"] for r in opts["serve_rates"]]
+    for scheduler, rate in tqdm(runs, desc="served calibration", unit="run", disable=not progress):
+        run_cfg = cfg.copy()
+        with open_dict(run_cfg):
+            run_cfg.scheduler = _group_option("scheduler", scheduler)
+            run_cfg.workload = _group_option("workload", opts["serve_workload"])
+            run_cfg.workload.num_requests = int(opts["serve_requests"])
+            run_cfg.workload.arrival.rate = rate
+            run_cfg.seed = int(opts["serve_seed"])
+            run_cfg.cost_model = cost_model
+            run_cfg.progress = False
+        parts = build(run_cfg)
+        recorder = RecordingExecutor(parts["executor"])
+        Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],
+               clock=WallClock(skip_idle=True)).run()
+        for step, row in enumerate(recorder.rows):
+            if row["swap_time"] or row["recompute_tokens"]:
+                continue  # swaps and recomputes have their own models (runtime.sim.transfer, CacheOPT)
+            n, work, sum_ctx, seqs = features(row["chunks"], row["decodes"])
+            kind = "mixed" if row["chunks"] and row["decodes"] else ("prefill" if row["chunks"] else "decode")
+            rows.append(dict(id=f"{scheduler}@{rate:g}#{step}", kind=kind, split="serve",
+                             composition=f"{scheduler} {rate:g} req/s step {step}", num_tokens=n,
+                             num_prefill_tokens=n - len(row["decodes"]), num_chunks=len(row["chunks"]),
+                             num_decodes=len(row["decodes"]), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
+                             max_decode_ctx=max(row["decodes"], default=0), num_seqs=seqs, time_s=row["step_time"],
+                             chunks=row["chunks"], decodes=row["decodes"]))
+    return pd.DataFrame(rows)
 
 
 def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bool | None = None,
@@ -409,23 +506,36 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                          median_s=float(np.median(times)), min_s=float(times.min()), max_s=float(times.max()),
                          times_s=" ".join(f"{x:.6g}" for x in times)))
     frame = pd.DataFrame(rows)
-    tr = frame[frame.split == "train"]
-    small = (tr.kind == "decode") & (tr.num_decodes <= SMALL_BATCH)
-    fit = fit_linear(tr.num_tokens, tr.prefill_attn_work, tr.sum_decode_ctx, tr.num_seqs, tr.time_s,
-                     weights=np.where(small, float(opts["small_batch_weight"]), 1.0))
+    frame["chunks"], frame["decodes"] = [c.chunks for c in comps], [c.decodes for c in comps]
+    fit = _fit(frame[frame.split == "train"], opts)
+    serve_s = 0.0
+    if opts["serve_rates"]:
+        # Served calibration: live runs planned with the grid fit, then one fit over the grid and every served step.
+        t1 = time.perf_counter()
+        served = serve_steps(cfg, opts, _payload(name, fit, opts, source="grid fit (served calibration)"), show)
+        serve_s = time.perf_counter() - t1
+        frame = pd.concat([frame, served], ignore_index=True)
+        fit = _fit(frame[frame.split.isin(["train", "serve"])], opts)
     b0, b1, b2, b3, b4 = (float(x) for x in fit.beta)
     cm = LinearCostModel(beta0=b0, beta1=b1, beta2=b2, beta3=b3, beta4=b4, n_knee=fit.n_knee,
                          engine_overhead_s=float(opts["engine_overhead_s"]))
     # Predictions without the configured engine overhead: it is not part of what was measured.
-    frame["pred_s"] = [cm.predict_deterministic(c.chunks, c.decodes) - cm.engine_overhead_s for c in comps]
+    frame["pred_s"] = [cm.predict_deterministic(c, d) - cm.engine_overhead_s for c, d in zip(frame.chunks,
+                                                                                              frame.decodes)]
     frame["ape_pct"] = (frame.pred_s - frame.time_s).abs() / frame.time_s * 100
-    ho = frame[frame.split == "heldout"]
+    frame = frame.drop(columns=["chunks", "decodes"])
+    tr, ho = frame[frame.split == "train"], frame[frame.split == "heldout"]
     fit_error = {"iteration": float(ho.ape_pct.mean()), "iteration_p95": float(np.percentile(ho.ape_pct, 95)),
                  **{f"iteration_{k}": float(ho.ape_pct[ho.kind == k].mean()) for k in KINDS},
                  "train": float(frame.ape_pct[frame.split == "train"].mean()),
                  **{f"train_{k}": float(tr_k.ape_pct.mean()) for k in KINDS
                     if len(tr_k := frame[(frame.split == "train") & (frame.kind == k)])},
                  "num_train": int(len(tr)), "num_heldout": int(len(ho))}
+    sv = frame[frame.split == "serve"]
+    if len(sv):
+        fit_error.update({"serve": float(sv.ape_pct.mean()), "num_serve": int(len(sv)),
+                          **{f"serve_{k}": float(sv.ape_pct[sv.kind == k].mean()) for k in KINDS
+                             if (sv.kind == k).any()}})
     fit_error = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fit_error.items()}
     counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
     where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
@@ -440,11 +550,16 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
               f"{SMALL_BATCH} weighted x{float(opts['small_batch_weight']):g}), n_knee by grid search; "
               f"engine_overhead_s set to {float(opts['engine_overhead_s']):g} (host work outside execute is not "
               f"measured); fit_error: MAPE % on {len(ho)} held-out random compositions ({opts['heldout']} per kind)")
-    payload = {"_target_": "runtime.sim.cost_model.LinearCostModel", "_convert_": "all", "name": name,
-               "beta0": b0, "beta1": b1, "beta2": b2, "beta3": b3, "beta4": b4,
-               "engine_overhead_s": float(opts["engine_overhead_s"]), "n_knee": float(fit.n_knee), "noise_cv": 0.0,
-               "seed": 0, "source": source, "fit_error": fit_error}
+    if len(sv):
+        source += (f"; served calibration: fitted on the grid and the {len(sv)} steps of live runs of workload="
+                   f"{opts['serve_workload']} ({opts['serve_requests']} requests, seed {opts['serve_seed']}) with "
+                   f"{'/'.join(opts['serve_schedulers'])} at {'/'.join(f'{r:g}' for r in opts['serve_rates'])} req/s "
+                   f"(fit_error.serve: in-sample MAPE on them), each grid composition weighted as "
+                   f"{float(opts['serve_grid_weight']):g} served steps")
+    payload = {**_payload(name, fit, opts, source), "fit_error": fit_error}
     args = f"model={model.name} hardware={hardware.name} profile.grid={opts['grid']}"
+    if len(sv):
+        args += f" profile.serve_rates=[{','.join(f'{r:g}' for r in opts['serve_rates'])}]"
     text = HEADER.format(args=args) + yaml.safe_dump(payload, sort_keys=False, width=10_000)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda p: p.write_text(text))
@@ -452,7 +567,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(output_dir / "measurements.csv", lambda p: frame.to_csv(p, index=False))
-    return {**payload, "_path": str(target), "_profile_s": profile_s, "_frame": frame}
+    return {**payload, "_path": str(target), "_profile_s": profile_s + serve_s, "_frame": frame}
 
 
 def format_result(result: dict) -> str:
@@ -465,6 +580,8 @@ def format_result(result: dict) -> str:
         f"  held-out MAPE %: all {e['iteration']:.2f} (p95 {e['iteration_p95']:.2f}), decode "
         f"{e['iteration_decode']:.2f}, prefill {e['iteration_prefill']:.2f}, mixed {e['iteration_mixed']:.2f}; "
         f"train {e['train']:.2f}",
+        *([f"  served calibration: {e['num_serve']} live steps, MAPE % {e['serve']:.2f} (in-sample)"]
+          if "serve" in e else []),
     ])
 
 
