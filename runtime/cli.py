@@ -27,9 +27,11 @@ from runtime.core.engine import Engine
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.kv_cache import BlockManager
 from runtime.core.metrics import kv_activity, requests_frame, summarise
+from runtime.core.result_stream import open_results
 from runtime.core.run_log import write_json, write_run_outputs
 from runtime.report import FAILED_FILE
 from runtime import resume
+from runtime.config_schema import validate_config
 from runtime.core.slo import resolve_slo_classes
 from runtime.sim.capacity import num_kv_blocks
 from runtime.sim.transfer import PCIeTransferModel, num_swap_blocks
@@ -94,6 +96,7 @@ def _check_run_keys(cfg: DictConfig) -> None:
 def build(cfg: DictConfig) -> dict:
     """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
     fill_paths(cfg)
+    validate_config(cfg)  # every key known, typed and in range (runtime/config_schema.py)
     _check_run_keys(cfg)
     model = _instantiate(cfg.model)
     hardware = _instantiate(cfg.hardware)
@@ -199,44 +202,56 @@ def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = N
     """Run one experiment, write its outputs to ``output_dir`` (if given) and return its summary.
 
     ``config_hash`` (``runtime.resume``) goes into the summary, so a resumed sweep can find the result."""
+    if cfg.get("cluster") is not None and cfg.cluster.get("num_replicas") != 1:
+        from runtime.cluster.run import run_cluster  # N replicas behind a router; imported here (it imports cli)
+
+        return run_cluster(cfg, output_dir, config_hash=config_hash)
     t0 = time.perf_counter()
     parts = build(cfg)
     scheduler, workload = parts["scheduler"], parts["workload"]
     scheduler_name = cfg.scheduler.get("name") or type(scheduler).__name__
+    metrics_cfg, results_cfg = cfg.metrics, cfg.get("results") or {}
+    # results.mode=stream|summary: rows streamed to disk (or only summarised) as requests finish (result_stream).
+    sink, stream_log = open_results(
+        results_cfg.get("mode", "full"), output_dir, iteration_every=results_cfg.get("iteration_every", 1),
+        batch_size=results_cfg.get("batch_size", 4096), tbt_mode=metrics_cfg.tbt_mode,
+        tbt_percentile=metrics_cfg.tbt_percentile, bound_prefill_iterations=cfg.slo.bound_prefill_iterations,
+        warmup_s=metrics_cfg.warmup_s)
     bar = tqdm(total=len(workload), unit="req", desc=scheduler_name, mininterval=0.5, leave=False,
                disable=not cfg.progress, dynamic_ncols=True)
     try:
         executor = parts["executor"]
         # The live runtime's steps take real time: the clock is the wall clock (idle gaps skipped).
         clock = WallClock() if getattr(executor, "wall_clock", False) else VirtualClock()
-        result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=clock, progress=bar).run()
+        result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=clock, progress=bar,
+                        results=sink, iteration_log=stream_log).run()
+    except BaseException:
+        for part in (sink, stream_log):
+            if part is not None:
+                part.abort()  # no half-written parquet file is left behind
+        raise
     finally:
         bar.close()
-    metrics_cfg = cfg.metrics
-    frame = requests_frame(result.requests, tbt_mode=metrics_cfg.tbt_mode, tbt_percentile=metrics_cfg.tbt_percentile,
-                           bound_prefill_iterations=cfg.slo.bound_prefill_iterations)
+    if sink is None:
+        frame = requests_frame(result.requests, tbt_mode=metrics_cfg.tbt_mode,
+                               tbt_percentile=metrics_cfg.tbt_percentile,
+                               bound_prefill_iterations=cfg.slo.bound_prefill_iterations)
+        tbt_gaps = None
+    else:
+        frame, tbt_gaps = sink.finish()  # the summary's columns only, and the pooled TBT gaps as a histogram
     summary = {
-        "scheduler": scheduler_name,
-        "workload": cfg.workload.get("name", "workload"),
-        "seed": cfg.seed,
-        "model": parts["model"].name,
-        "hardware": parts["hardware"].name,
-        "token_budget": scheduler.token_budget,
-        "kv_num_blocks": parts["block_manager"].num_blocks,
-        "kv_swap_blocks": parts["block_manager"].num_swap_blocks,
-        "preemption_mode": getattr(scheduler, "preemption_mode", None),
-        **arrival_rates(cfg, frame),
-        "runtime": "live" if is_live(cfg) else "sim",
-        "device": getattr(parts["executor"], "description", "simulated"),
-        "slo_classes_s": {n: {"ttft_slo_s": c.ttft_slo_s, "tbt_slo_s": c.tbt_slo_s} for n, c in parts["slo_classes"].items()},
-        "slo_reference_s": parts["slo_refs"],
-        **summarise(frame, result.requests, warmup_s=metrics_cfg.warmup_s),
+        **run_description(cfg, parts, frame),
+        **summarise(frame, result.requests, warmup_s=metrics_cfg.warmup_s, tbt_gaps=tbt_gaps),
         "num_iterations": len(result.iterations),
         "wall_s": time.perf_counter() - t0,
         "config_hash": config_hash,
     }
-    iterations = result.iterations.to_frame()
-    summary.update(kv_activity(iterations))
+    if stream_log is None:
+        iterations = result.iterations.to_frame()
+        summary.update(kv_activity(iterations))
+    else:
+        iterations = None  # already streamed (or not kept)
+        summary.update(stream_log.finish())
     # Every block comes back when every request has finished; anything else is a leak the run must show.
     bm = parts["block_manager"]
     summary["kv_blocks_in_use_at_end"] = bm.num_used_blocks
@@ -248,9 +263,32 @@ def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = N
         tables, extra = artifacts()
         summary.update(extra)
     if output_dir is not None:
-        write_run_outputs(output_dir, requests=frame, iterations=iterations, summary=summary,
-                          tables=tables)
+        write_run_outputs(output_dir, requests=frame if sink is None else None, iterations=iterations,
+                          summary=summary, tables=tables)
     return summary
+
+
+def run_description(cfg: DictConfig, parts: dict, frame) -> dict:
+    """The keys every summary starts with (single engine and cluster alike): what ran, on what, at which load and
+    against which SLOs."""
+    scheduler = parts["scheduler"]
+    return {
+        "scheduler": cfg.scheduler.get("name") or type(scheduler).__name__,
+        "workload": cfg.workload.get("name", "workload"),
+        "seed": cfg.seed,
+        "model": parts["model"].name,
+        "hardware": parts["hardware"].name,
+        "token_budget": scheduler.token_budget,
+        "kv_num_blocks": parts["block_manager"].num_blocks,
+        "kv_swap_blocks": parts["block_manager"].num_swap_blocks,
+        "preemption_mode": getattr(scheduler, "preemption_mode", None),
+        **arrival_rates(cfg, frame),
+        "runtime": "live" if is_live(cfg) else "sim",
+        "device": getattr(parts["executor"], "description", "simulated"),
+        "slo_classes_s": {n: {"ttft_slo_s": c.ttft_slo_s, "tbt_slo_s": c.tbt_slo_s}
+                          for n, c in parts["slo_classes"].items()},
+        "slo_reference_s": parts["slo_refs"],
+    }
 
 
 def arrival_rates(cfg: DictConfig, frame) -> dict:
@@ -277,6 +315,12 @@ def format_summary(summary: dict) -> str:
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v:.3f}" for k, v in value.items())
         lines.append(f"  {key:<24} {value}")
+    if "cluster_num_replicas" in summary:
+        lines.append(f"  {'cluster':<24} {summary['cluster_num_replicas']} replicas, {summary['cluster_router']}")
+        for index, row in summary["per_replica"].items():
+            metrics = ", ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+                                for k in ("num_requests", "slo_attainment", "goodput_rps", "ttft_p99_s", "tbt_p99_s"))
+            lines.append(f"  {'replica ' + index:<24} {metrics}")
     return "\n".join(lines)
 
 
@@ -294,6 +338,7 @@ def main(cfg: DictConfig) -> float:
                 print(f"{summary.get('scheduler')} on {summary.get('workload')}: already done -> {done.parent} "
                       f"(resume)")
                 return float(summary.get("goodput_rps") or float("nan"))
+        resume.remove_stale_temporaries(output_dir)  # what a killed earlier attempt of this job left half-written
         summary = run_task(cfg, output_dir, config_hash=digest)
     except AccelgenError as error:
         print(f"accelgen: error: {error}", file=sys.stderr)

@@ -28,6 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from runtime.core.run_log import atomic_write
 from runtime.report import collect_summaries, comparison_table
 
 #: Overrides that never name a series: the x axis, replicates, and switches that do not change any schedule.
@@ -428,7 +429,7 @@ def save_figure(fig: Figure, figures_dir: str | Path | None, name: str) -> Path 
         return None
     path = Path(figures_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=DPI, format="png"))
     return path
 
 
@@ -517,5 +518,5 @@ def sweep_figures(sweep_dir: str | Path, table: pd.DataFrame | None = None) -> d
     paths = {}
     for name, build in builders.items():
         paths[name] = sweep_dir / f"{name}.png"
-        build().savefig(paths[name], dpi=DPI)
+        atomic_write(paths[name], lambda p, figure=build(): figure.savefig(p, dpi=DPI, format="png"))
     return paths

@@ -126,7 +126,7 @@ def plot_comparison(frame: pd.DataFrame, path: Path) -> Path:
     for ax in axes:
         ax.set_xticks([v + (width * len(classes) / 2 if ax is axes[0] else 0) for v in x], labels, fontsize=7,
                       rotation=30, ha="right")
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     return path
 

@@ -17,6 +17,14 @@ Job folders are named by job number and overrides, so adding a value to a sweep 
 is by hash over the whole sweep directory, not by folder name, so renumbered jobs are still found. A result is
 complete only when ``summary.json`` exists: it is written last and atomically (``runtime.core.run_log``), so a job
 killed mid-run leaves none and is run again. ``resume=false`` runs every job regardless.
+
+Crash safety. A run's tables and ``summary.json`` (and a sweep's ``comparison.csv`` and ``timings.csv``) are written
+as a hidden temporary ``.<name>.tmp`` and renamed into place, so a job killed at any point (even SIGKILL, mid-write)
+leaves each of them either absent or complete; only the hidden temporary of the write in progress can be left. A job folder is a *result* only when it holds
+``summary.json``, and then every table beside it is complete. A folder without one holds at most complete tables
+of an unfinished run: it is no result, and the job runs again into the same folder, overwriting them. Each job
+first removes the stale temporaries in its own folder (``remove_stale_temporaries``); other jobs' folders are left
+alone, since under a parallel launcher their temporaries may be writes in progress.
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 #: Top-level keys that do not change a run's results.
 NOT_HASHED = ("progress", "logger", "tags", "task_name", "paths", "resume")
 SUMMARY_FILE = "summary.json"
+#: ``runtime.core.run_log.atomic_write``'s temporaries: ``.<name>.tmp`` beside the file being written.
+TEMPORARY_GLOB = ".?*.tmp"
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -49,3 +59,16 @@ def find_result(sweep_dir: Path, digest: str) -> Path | None:
         if isinstance(summary, dict) and summary.get("config_hash") == digest:
             return path
     return None
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Delete the temporaries a killed run left in ``output_dir`` (its own job folder); returns what it removed.
+
+    Called when a job starts, before it writes anything: nothing else writes into a job's folder, so every
+    temporary found there is stale."""
+    removed = []
+    for path in sorted(Path(output_dir).glob(TEMPORARY_GLOB)):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

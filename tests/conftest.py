@@ -15,6 +15,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 settings.register_profile("ci", max_examples=40, deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=15, deadline=None)
+# The long fuzz run (README, "Fuzzing"): HYPOTHESIS_PROFILE=long pytest tests/test_fuzz_*.py (FUZZ_EXAMPLES: count).
+settings.register_profile("long", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None,
+                          print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

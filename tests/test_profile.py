@@ -126,10 +126,10 @@ def test_entry_point_injects_live_runtime():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     out = tmp_path_factory.mktemp("served")
-    cfg = compose_config(["runtime=live", "model=tiny"])
+    # As `accelgen-profile ... profile.serve_requests=8` composes it: a `profile` block in the config.
+    cfg = compose_config(["runtime=live", "model=tiny", "+profile.serve_requests=8"])
     result = profile.run_profile(cfg, out / "run", grid="quick", repeats=1, warmup=0, heldout=2, out=str(out / "cm"),
-                                 serve_rates=[30.0], serve_requests=8, serve_schedulers=["sarathi", "vllm"],
-                                 progress=False)
+                                 serve_rates=[30.0], serve_schedulers=["sarathi", "vllm"], progress=False)
     return out, result
 
 

@@ -51,7 +51,12 @@ def _pooled_gaps(token_times: Sequence[list[float]]) -> tuple[np.ndarray, np.nda
 
 def _segment_stats(token_times: Sequence[list[float]], q: float) -> tuple[np.ndarray, np.ndarray]:
     """Per request: its largest gap and the q-th percentile (numpy ``linear``) of its gaps; NaN without gaps."""
-    gaps, owner, num_gaps = _pooled_gaps(token_times)
+    return _segment_stats_of(_pooled_gaps(token_times), q)
+
+
+def _segment_stats_of(pooled: tuple[np.ndarray, np.ndarray, np.ndarray], q: float) -> tuple[np.ndarray, np.ndarray]:
+    """``_segment_stats`` from ``_pooled_gaps``' result."""
+    gaps, owner, num_gaps = pooled
     n = len(num_gaps)
     max_gap = np.full(n, np.nan)
     pct_gap = np.full(n, np.nan)
@@ -82,11 +87,24 @@ def requests_frame(
     bound_prefill_iterations: bool = True,
 ) -> pd.DataFrame:
     """One row per request with its times, SLO verdicts and status (the ``requests.parquet`` schema)."""
+    return request_rows_and_gaps(requests, tbt_mode=tbt_mode, tbt_percentile=tbt_percentile,
+                                 bound_prefill_iterations=bound_prefill_iterations)[0]
+
+
+def request_rows_and_gaps(
+    requests: Sequence[Request],
+    *,
+    tbt_mode: str = "max",
+    tbt_percentile: float = 99.0,
+    bound_prefill_iterations: bool = True,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """``requests_frame`` rows, plus every TBT gap of the finished requests and the row each gap belongs to."""
     if tbt_mode not in ("max", "percentile"):
         raise ValueError(f"metrics.tbt_mode must be 'max' or 'percentile', got {tbt_mode!r}")
     finished_only = [r.token_times if r.status in _FINISHED else [] for r in requests]
-    max_gap, p99_gap = _segment_stats(finished_only, 99.0)
-    mode_gap = max_gap if tbt_mode == "max" else _segment_stats(finished_only, tbt_percentile)[1]
+    pooled = _pooled_gaps(finished_only)
+    max_gap, p99_gap = _segment_stats_of(pooled, 99.0)
+    mode_gap = max_gap if tbt_mode == "max" else _segment_stats_of(pooled, tbt_percentile)[1]
     nan = float("nan")
     df = pd.DataFrame(
         {
@@ -122,7 +140,7 @@ def requests_frame(
     df["met_ttft"] = met_ttft
     df["met_tbt"] = met_tbt
     df["met_slo"] = met_ttft & met_tbt
-    return df
+    return df, pooled[0], pooled[1]
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -134,13 +152,28 @@ def _gaps_of(requests: Sequence[Request]) -> np.ndarray:
     return _pooled_gaps([r.token_times for r in requests])[0]
 
 
+class _ExactGaps:
+    """Pooled TBT gaps held in full: numpy's ``linear`` percentile."""
+
+    def __init__(self, gaps: np.ndarray) -> None:
+        self.gaps = gaps
+
+    def percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.gaps, q)) if self.gaps.size else None
+
+
 def summarise(
     df: pd.DataFrame,
-    requests: Sequence[Request],
+    requests: Sequence[Request] | None = None,
     *,
     warmup_s: float = 0.0,
+    tbt_gaps: object | None = None,
 ) -> dict:
-    """Run-level metrics from the ``requests_frame`` rows (and the requests, for the pooled TBT gaps)."""
+    """Run-level metrics from the ``requests_frame`` rows (and the requests, for the pooled TBT gaps).
+
+    ``tbt_gaps`` (``result_stream.GapHistogram``, anything with ``percentile(q) -> float | None``) replaces the
+    requests for the pooled TBT percentiles: it must hold the gaps of the finished requests kept after warm-up.
+    """
     if len(df) == 0:
         raise ValueError("no requests arrived: nothing to summarise")
     t_start = float(df["arrival_time"].min())
@@ -149,13 +182,15 @@ def summarise(
         raise ConfigError(f"metrics.warmup_s={warmup_s} drops every request (arrivals span "
                           f"{float(df['arrival_time'].max()) - t_start:.1f} s)")
     d = df[keep]
-    kept = [r for r, k in zip(requests, keep) if k]
     finished = d["status"].isin([s.name for s in _FINISHED]).to_numpy()
     fin = d[finished]
     t_end = float(fin["finished_time"].max()) if len(fin) else float(d["arrival_time"].max())
     duration = max(t_end - float(d["arrival_time"].min()), 1e-12)
     met = d["met_slo"].to_numpy()
-    gaps = _gaps_of([r for r, f in zip(kept, finished) if f])
+    if tbt_gaps is None:
+        kept = [r for r, k in zip(requests, keep) if k]
+        gaps = _gaps_of([r for r, f in zip(kept, finished) if f])
+        tbt_gaps = _ExactGaps(gaps)
     n_arr = len(d)
 
     def by_class(column: str) -> dict[str, float]:
@@ -180,9 +215,9 @@ def summarise(
         "ttft_p50_s": _pct(d["ttft_s"].to_numpy(), 50),
         "ttft_p95_s": _pct(d["ttft_s"].to_numpy(), 95),
         "ttft_p99_s": _pct(d["ttft_s"].to_numpy(), 99),
-        "tbt_p50_s": float(np.percentile(gaps, 50)) if gaps.size else None,
-        "tbt_p95_s": float(np.percentile(gaps, 95)) if gaps.size else None,
-        "tbt_p99_s": float(np.percentile(gaps, 99)) if gaps.size else None,
+        "tbt_p50_s": tbt_gaps.percentile(50),
+        "tbt_p95_s": tbt_gaps.percentile(95),
+        "tbt_p99_s": tbt_gaps.percentile(99),
         "tbt_max_p99_s": _pct(fin["tbt_max_s"].to_numpy(), 99),
         "jct_mean_s": float(fin["jct_s"].mean()) if len(fin) else None,
         "jct_p95_s": _pct(fin["jct_s"].to_numpy(), 95),

@@ -1,7 +1,7 @@
 """Run logs: the per-iteration record every run keeps, and the writers of a run's output files.
 
 ``IterationLog`` collects one row per step in plain lists (cheap enough for the simulator's hot loop) and becomes
-``iterations.parquet``. ``write_run_outputs`` writes ``requests.parquet``, ``iterations.parquet`` and
+``iterations.parquet`` (``result_stream.ChunkedIterationLog`` writes it in chunks instead, ``results.mode``). ``write_run_outputs`` writes ``requests.parquet``, ``iterations.parquet`` and
 ``summary.json`` atomically (temporary file, then rename), so an interrupted run never leaves half a file.
 """
 from __future__ import annotations
@@ -87,14 +87,34 @@ class IterationLog:
 
 
 def atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: an interrupted write never leaves half a file."""
+    """``write(tmp)`` then rename ``tmp`` to ``path``: an interrupted write never leaves half a file.
+
+    The data is flushed to disk before the rename and the rename after it, so a power loss cannot leave the
+    final name pointing at a file whose data never reached the disk (a killed process needs only the rename)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory handles: the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _json_safe(value):
@@ -116,16 +136,20 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(Path(path), lambda p: frame.to_parquet(p, index=False, engine="pyarrow"))
 
 
-def write_run_outputs(output_dir: Path, *, requests: pd.DataFrame, iterations: pd.DataFrame, summary: dict,
-                      tables: dict[str, pd.DataFrame] | None = None) -> None:
+def write_run_outputs(output_dir: Path, *, requests: pd.DataFrame | None, iterations: pd.DataFrame | None,
+                      summary: dict, tables: dict[str, pd.DataFrame] | None = None) -> None:
     """The run's files; ``tables`` adds scheduler-specific ones (``oracle.parquet``, ``oracle_gap.parquet``).
 
-    ``summary.json`` is written last, so its presence means every table of the run is complete.
+    ``requests`` or ``iterations`` None: that table is not written here (``results.mode=stream`` has written it
+    already, in chunks; ``summary`` keeps none). ``summary.json`` is written last, so its presence means every
+    table of the run is complete.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_parquet(output_dir / "requests.parquet", requests)
-    write_parquet(output_dir / "iterations.parquet", iterations)
+    if requests is not None:
+        write_parquet(output_dir / "requests.parquet", requests)
+    if iterations is not None:
+        write_parquet(output_dir / "iterations.parquet", iterations)
     for name, frame in (tables or {}).items():
         write_parquet(output_dir / name, frame)
     write_json(output_dir / "summary.json", summary)

@@ -424,6 +424,7 @@ def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool) -
             run_cfg.seed = int(opts["serve_seed"])
             run_cfg.cost_model = cost_model
             run_cfg.progress = False
+            run_cfg.pop("profile", None)  # the profiler's own options are not part of a run's config
         parts = build(run_cfg)
         recorder = RecordingExecutor(parts["executor"])
         Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],

@@ -159,11 +159,21 @@ def _parse_timestamps(path: Path, text: pd.Series) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise WorkloadError(f"{_where(path, i)}: field {TIMESTAMP_COLUMN!r}: unparsable timestamp {text.iloc[i]!r}")
-    decreasing = np.diff(seconds) < 0
+    with np.errstate(over="ignore"):
+        decreasing = np.diff(seconds) < 0
     if decreasing.any():
         i = int(np.argmax(decreasing)) + 1
         raise WorkloadError(
             f"{_where(path, i)}: field {TIMESTAMP_COLUMN!r}: timestamp {text.iloc[i]!r} is earlier than the previous "
             f"row's {text.iloc[i - 1]!r} (the trace must be sorted by time)"
         )
-    return seconds - seconds[0]
+    with np.errstate(over="ignore"):
+        relative = seconds - seconds[0]
+    # Two finite stamps can still be more than 1.8e308 s apart (e.g. -1e308 and 1e308 seconds).
+    overflow = ~np.isfinite(relative)
+    if overflow.any():
+        i = int(np.argmax(overflow))
+        raise WorkloadError(
+            f"{_where(path, i)}: field {TIMESTAMP_COLUMN!r}: timestamp {text.iloc[i]!r} is too far from the first "
+            f"row's {text.iloc[0]!r}")
+    return relative

@@ -1,8 +1,8 @@
 """Workloads: the simulator's and the live runtime's ``RequestSource``.
 
-A ``Workload`` holds plain arrays (arrival time, prompt and output lengths, application index), so even a
-100k-request workload costs a few MB; ``Request`` objects are created only when the engine asks for the
-arrivals up to its clock. Three builders, used as Hydra ``_target_``s, make one:
+A ``Workload`` holds plain arrays (arrival time, prompt and output lengths, application index), 28 bytes a
+request (28 MB for 1M requests); ``Request`` objects are created only when the engine asks for the arrivals up to
+its clock, from the released slice of the arrays. Three builders, used as Hydra ``_target_``s, make one:
 
 * ``mixed_workload``: applications mixed by weight, lengths from the shipped percentile tables
   (``runtime.sim.length_tables``), Poisson or Gamma arrivals. Needs no data outside the package.
@@ -30,8 +30,6 @@ read ``Workload.training_frame()``: a DataFrame with columns ``app``, ``slo_clas
   see), then the remaining unreplayed rows in file order. A replay that uses every row has no split (None).
 """
 from __future__ import annotations
-
-from bisect import bisect_right
 
 import math
 import numbers
@@ -106,7 +104,6 @@ class Workload:
         self._training = _check_training(name, training)
         self._cursor = 0
         self._num = n
-        self._rows: tuple[list, list, list, list] | None = None
         # The next unreleased arrival as a Python float: the engine asks every step, and most steps see none.
         self._next_time = float(self.arrival_time[0])
 
@@ -121,12 +118,14 @@ class Workload:
         """Every not-yet-released request with ``arrival_time <= now``, in arrival order; each is released once."""
         if now < self._next_time:
             return []
-        rows = self._python_rows()
         start = self._cursor
-        end = bisect_right(rows[0], now, start)
+        # NOTE(workload): searchsorted over the whole array equals bisect from the cursor (times never decrease),
+        # and only the released slice becomes Python objects: no per-request Python rows are kept (1M requests
+        # would cost ~110 MB of lists).
+        end = int(np.searchsorted(self.arrival_time, now, side="right"))
         self._cursor = end
-        self._next_time = rows[0][end] if end < self._num else float("inf")
-        return [self._request(i) for i in range(start, end)]
+        self._next_time = float(self.arrival_time[end]) if end < self._num else float("inf")
+        return self._requests(start, end)
 
     # Inspection ----------------------------------------------------------------------------------------------------
     @property
@@ -160,26 +159,18 @@ class Workload:
     def __repr__(self) -> str:
         return f"Workload({self.name!r}, num_requests={len(self)}, apps={self.apps}, released={self._cursor})"
 
-    def _python_rows(self) -> tuple[list, list, list, list]:
-        if self._rows is None:
-            # Python lists, made once: per-element numpy indexing costs more than building the Request itself.
-            self._rows = (self.arrival_time.tolist(), self.num_prompt_tokens.tolist(), self.num_output_tokens.tolist(),
-                          self.app_index.tolist())
-        return self._rows
-
-    def _request(self, i: int) -> Request:
-        arrival, prompt, output, app_index = self._rows
-        app, slo, ttft, tbt = self._app_info[app_index[i]]
-        return Request(
-            f"r{i}",
-            arrival_time=arrival[i],
-            num_prompt_tokens=prompt[i],
-            max_tokens=output[i],
-            app=app,
-            slo_class=slo,
-            ttft_slo_s=ttft,
-            tbt_slo_s=tbt,
-        )
+    def _requests(self, start: int, end: int) -> list[Request]:
+        # Python lists of the slice: per-element numpy indexing costs more than building the Request itself.
+        arrival = self.arrival_time[start:end].tolist()
+        prompt = self.num_prompt_tokens[start:end].tolist()
+        output = self.num_output_tokens[start:end].tolist()
+        info = self._app_info
+        requests = []
+        for k, app_index in enumerate(self.app_index[start:end].tolist()):
+            app, slo, ttft, tbt = info[app_index]
+            requests.append(Request(f"r{start + k}", arrival_time=arrival[k], num_prompt_tokens=prompt[k],
+                                    max_tokens=output[k], app=app, slo_class=slo, ttft_slo_s=ttft, tbt_slo_s=tbt))
+        return requests
 
 
 # Builders (Hydra targets) ----------------------------------------------------------------------------------------

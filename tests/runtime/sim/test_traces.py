@@ -70,6 +70,8 @@ def test_read_length_trace_ignores_extra_columns(tmp_path):
             r"data row 3 \(line 4\).*TIMESTAMP.*earlier than the previous",
         ),
         (AZURE_HEADER + "5,3,4\n4,3,4\n", "data row 2 .*TIMESTAMP.*earlier"),
+        # Found by tests/test_fuzz_traces.py: finite stamps further apart than a float holds once loaded as inf.
+        (AZURE_HEADER + "-1e308,3,4\n1e308,3,4\n", "data row 2 .*TIMESTAMP.*too far from the first row's '-1e308'"),
     ],
 )
 def test_malformed_azure_trace(tmp_path, text, match):
