@@ -79,25 +79,10 @@ def _instantiate(node, **kwargs):
         raise
 
 
-def _check_run_keys(cfg: DictConfig) -> None:
-    """Run-wide keys that no constructor owns: checked before anything runs, each error naming its key."""
-    seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    metrics = cfg.metrics
-    if metrics.tbt_mode not in ("max", "percentile"):
-        raise ConfigError(f"metrics.tbt_mode must be 'max' or 'percentile', got {metrics.tbt_mode!r}")
-    if not 0.0 <= float(metrics.tbt_percentile) <= 100.0:
-        raise ConfigError(f"metrics.tbt_percentile must be in [0, 100], got {metrics.tbt_percentile!r}")
-    if not float(metrics.warmup_s) >= 0.0:
-        raise ConfigError(f"metrics.warmup_s must be >= 0, got {metrics.warmup_s!r}")
-
-
 def build(cfg: DictConfig) -> dict:
     """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
     fill_paths(cfg)
     validate_config(cfg)  # every key known, typed and in range (runtime/config_schema.py)
-    _check_run_keys(cfg)
     model = _instantiate(cfg.model)
     hardware = _instantiate(cfg.hardware)
     live = is_live(cfg)

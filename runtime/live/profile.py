@@ -449,14 +449,18 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
 
     ``overrides`` are ``profile.*`` options (module docstring) given as keywords.
     """
-    from runtime.cli import _check_run_keys, _instantiate, fill_paths, is_live
+    from runtime.cli import _instantiate, fill_paths, is_live
+    from runtime.config_schema import validate_config
     from runtime.live.device import resolve_device, resolve_dtype
 
     if not is_live(cfg):
         raise ConfigError("accelgen-profile measures the live runtime: use runtime=live (the default of "
                           "accelgen-profile), not runtime=sim")
     fill_paths(cfg)
-    _check_run_keys(cfg)
+    run_keys = cfg.copy()
+    with open_dict(run_keys):
+        run_keys.pop("profile", None)  # the profiler's own block, checked by _options below
+    validate_config(run_keys)
     opts = _options(cfg, overrides)
     model = _instantiate(cfg.model)
     hardware = _instantiate(cfg.hardware)
