@@ -476,12 +476,16 @@ def run_timeline(iterations: pd.DataFrame, summary: dict | None = None) -> Figur
 
 def run_figures(run_dir: str | Path) -> dict[str, Figure]:
     """The figures of one run directory: ``timeline``, ``latency_cdf`` and, with gap accounting, ``oracle_gap``
-    (the caller saves or logs them; they hold no pyplot state)."""
+    (the caller saves or logs them; they hold no pyplot state). A figure whose table the run did not write
+    (``results.mode=summary``) is left out."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    figures = {"timeline": run_timeline(pd.read_parquet(run_dir / "iterations.parquet"), summary)}
-    requests = pd.read_parquet(run_dir / "requests.parquet").assign(series=summary.get("scheduler", run_dir.name))
-    figures["latency_cdf"] = latency_cdfs(requests)
+    figures = {}
+    if (run_dir / "iterations.parquet").exists():
+        figures["timeline"] = run_timeline(pd.read_parquet(run_dir / "iterations.parquet"), summary)
+    if (run_dir / "requests.parquet").exists():
+        requests = pd.read_parquet(run_dir / "requests.parquet").assign(series=summary.get("scheduler", run_dir.name))
+        figures["latency_cdf"] = latency_cdfs(requests)
     if (run_dir / "oracle_gap.parquet").exists():
         gaps = pd.read_parquet(run_dir / "oracle_gap.parquet").assign(series=summary.get("scheduler"), job=run_dir.name,
                                                                       seed=summary.get("seed"))

@@ -181,6 +181,12 @@ def test_run_figures_returns_figures_and_tolerates_a_log_without_queue_length(sw
     labels = [ax.get_ylabel() for ax in plots.run_figures(old)["timeline"].axes]
     assert "waiting requests" not in labels and "iteration time (ms)" in labels
 
+    # results.mode=summary writes only summary.json: no table, so no figure drawn from one.
+    summary_only = tmp_path / "summary_only"
+    summary_only.mkdir()
+    shutil.copy(job / "summary.json", summary_only / "summary.json")
+    assert plots.run_figures(summary_only) == {}
+
     assert set(plots.run_figures(gap_run)) == {"timeline", "latency_cdf", "oracle_gap"}
 
 
