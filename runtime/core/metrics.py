@@ -49,13 +49,9 @@ def _pooled_gaps(token_times: Sequence[list[float]]) -> tuple[np.ndarray, np.nda
     return gaps[valid], owner, num_gaps
 
 
-def _segment_stats(token_times: Sequence[list[float]], q: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per request: its largest gap and the q-th percentile (numpy ``linear``) of its gaps; NaN without gaps."""
-    return _segment_stats_of(_pooled_gaps(token_times), q)
-
-
-def _segment_stats_of(pooled: tuple[np.ndarray, np.ndarray, np.ndarray], q: float) -> tuple[np.ndarray, np.ndarray]:
-    """``_segment_stats`` from ``_pooled_gaps``' result."""
+def _segment_stats(pooled: tuple[np.ndarray, np.ndarray, np.ndarray], q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per request (from ``_pooled_gaps``' result): its largest gap and the q-th percentile (numpy ``linear``) of
+    its gaps; NaN without gaps."""
     gaps, owner, num_gaps = pooled
     n = len(num_gaps)
     max_gap = np.full(n, np.nan)
@@ -103,8 +99,8 @@ def request_rows_and_gaps(
         raise ValueError(f"metrics.tbt_mode must be 'max' or 'percentile', got {tbt_mode!r}")
     finished_only = [r.token_times if r.status in _FINISHED else [] for r in requests]
     pooled = _pooled_gaps(finished_only)
-    max_gap, p99_gap = _segment_stats_of(pooled, 99.0)
-    mode_gap = max_gap if tbt_mode == "max" else _segment_stats_of(pooled, tbt_percentile)[1]
+    max_gap, p99_gap = _segment_stats(pooled, 99.0)
+    mode_gap = max_gap if tbt_mode == "max" else _segment_stats(pooled, tbt_percentile)[1]
     nan = float("nan")
     df = pd.DataFrame(
         {
