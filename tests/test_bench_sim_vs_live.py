@@ -81,3 +81,36 @@ def test_render_only_rebuilds_from_the_tables(bench, quick_run):
     (quick_run / "table.md").unlink()
     assert bench.main(["--quick", "--render-only", "--out", str(quick_run)]) == 0
     assert (quick_run / "table.md").read_text().startswith("| scheduler | rate (req/s) |")
+
+
+def test_level_is_the_median_ratio_and_scaling_by_it_is_the_level_mape(bench, quick_run):
+    comp = pd.read_csv(quick_run / "comparison.csv")
+    iters = pd.read_parquet(quick_run / "iterations.parquet")
+    for r in comp.itertuples():
+        steps = iters[iters.scheduler == r.scheduler]
+        ratio = steps.measured_s / steps.predicted_s
+        assert r.level == pytest.approx(ratio.median())
+        scaled = (steps.predicted_s * r.level - steps.measured_s).abs() / steps.measured_s * 100
+        assert r.level_mape_pct == pytest.approx(scaled.mean())
+    assert "| live / predicted (MAPE at that level) |" in (quick_run / "table.md").read_text()
+
+
+def test_with_level_on_known_steps(bench):
+    iters = pd.DataFrame(dict(scheduler=["a"] * 3 + ["b"] * 2, rate=[1.0] * 5,
+                              measured_s=[2.0, 2.0, 2.2, 1.0, 1.0], predicted_s=[1.0, 1.0, 1.0, 1.0, 1.0]))
+    comp = bench.with_level(pd.DataFrame(dict(scheduler=["a", "b"], rate=[1.0, 1.0])), iters)
+    assert comp.level.tolist() == [2.0, 1.0]
+    # a: scaled by 2, the steps are off by 0, 0 and 0.2/2.2.
+    assert comp.level_mape_pct.tolist() == pytest.approx([100 * 0.2 / 2.2 / 3, 0.0])
+    assert bench.with_level(comp, iters).columns.tolist() == comp.columns.tolist()  # idempotent
+
+
+def test_profile_command_spells_out_threads_and_out(bench):
+    source = ("accelgen-profile: LiveExecutor.execute step_time (median of 5 after 1 warmup round(s), ...) of "
+              "llama_15m on cpu float32 (x), 1 torch threads, torch 2.13.0+cpu; full grid of 105 compositions; "
+              "served calibration: ... with sarathi/vllm at 2/8/16 req/s (fit_error.serve ...)")
+    assert bench.profile_command("llama_15m", source, default_threads=2, out="/tmp/cm") == (
+        "accelgen-profile model=llama_15m runtime.threads=1 profile.out=/tmp/cm profile.overwrite=true "
+        "'profile.serve_rates=[2,8,16]'")
+    assert bench.profile_command("llama_15m", source, default_threads=1) == (
+        "accelgen-profile model=llama_15m profile.overwrite=true 'profile.serve_rates=[2,8,16]'")

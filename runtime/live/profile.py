@@ -443,6 +443,35 @@ def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool) -
     return pd.DataFrame(rows)
 
 
+def header_args(cfg: DictConfig, opts: dict, model: str, hardware: str) -> str:
+    """The arguments of the YAML's first line: enough to run the same profile again.
+
+    Model and hardware, the live runtime's keys that change step times (device, dtype, threads, checkpoint) where
+    not at their ``auto``/null defaults, the grid, and every other ``profile.*`` option that is not its default
+    (``out`` and ``overwrite`` say where the file went, not what is in it).
+    """
+    def spell(value) -> str:
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(spell(v) for v in value) + "]"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    args = [f"model={model}", f"hardware={hardware}"]
+    runtime = cfg.get("runtime") or {}
+    for key, default in (("device", "auto"), ("dtype", "auto"), ("threads", None), ("checkpoint", None)):
+        value = runtime.get(key, default)
+        if value != default:
+            args.append(f"runtime.{key}={spell(value)}")
+    args.append(f"profile.grid={opts['grid']}")
+    for key, default in DEFAULTS.items():
+        if key in ("grid", "out", "overwrite") or (key.startswith("serve_") and key != "serve_rates"
+                                                    and not opts["serve_rates"]):
+            continue
+        value = opts[key]
+        if (list(value) if isinstance(value, (list, tuple)) else value) != default:
+            args.append(f"profile.{key}={spell(value)}")
+    return " ".join(args)
+
+
 def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bool | None = None,
                 **overrides) -> dict:
     """Measure, fit, write ``<out>/<model>_<hardware>.yaml`` and ``measurements.csv``; returns the YAML payload.
@@ -562,9 +591,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                    f"(fit_error.serve: in-sample MAPE on them), each grid composition weighted as "
                    f"{float(opts['serve_grid_weight']):g} served steps")
     payload = {**_payload(name, fit, opts, source), "fit_error": fit_error}
-    args = f"model={model.name} hardware={hardware.name} profile.grid={opts['grid']}"
-    if len(sv):
-        args += f" profile.serve_rates=[{','.join(f'{r:g}' for r in opts['serve_rates'])}]"
+    args = header_args(cfg, opts, model.name, hardware.name)
     text = HEADER.format(args=args) + yaml.safe_dump(payload, sort_keys=False, width=10_000)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda p: p.write_text(text))
