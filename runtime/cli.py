@@ -79,8 +79,11 @@ def _instantiate(node, **kwargs):
         raise
 
 
-def build(cfg: DictConfig) -> dict:
-    """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks)."""
+def build(cfg: DictConfig, *, noise_seed: int | None = None) -> dict:
+    """Instantiate every object of an experiment; returns them by name (used by ``run`` and by notebooks).
+
+    ``noise_seed`` seeds the cost model's latency noise instead of ``cfg.seed`` (a cluster's replicas).
+    """
     fill_paths(cfg)
     validate_config(cfg)  # every key known, typed and in range (runtime/config_schema.py)
     model = _instantiate(cfg.model)
@@ -96,7 +99,7 @@ def build(cfg: DictConfig) -> dict:
             f"{hardware.name}.yaml): fit one on this device with `accelgen-profile model={model.name} "
             f"hardware={hardware.name}`, or pass cost_model=roofline (analytical) or an existing cost_model=<name>")
     # The run's seed drives the latency noise too (cost_model.noise_cv), so seed replicates are independent.
-    cost_model = _instantiate(cfg.cost_model, seed=cfg.seed)
+    cost_model = _instantiate(cfg.cost_model, seed=cfg.seed if noise_seed is None else noise_seed)
     # Schedulers plan with the noise-free predictor; only simulated time (the executor) sees latency.noise_cv.
     planner_model = cost_model.deterministic() if hasattr(cost_model, "deterministic") else cost_model
     slo_classes, slo_refs = resolve_slo_classes(

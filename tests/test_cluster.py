@@ -99,3 +99,20 @@ def test_cluster_options_compose_and_instantiate(option):
     cfg = compose_config([f"cluster={option}"])
     router = instantiate(cfg.cluster.router, cost_model=create_cost_model())
     assert router.name == option or (option == "single" and cfg.cluster.num_replicas == 1)
+
+
+def test_replicas_draw_their_own_latency_noise():
+    from runtime.cli import build
+    from runtime.cluster.run import replica_noise_seed
+
+    cfg = compose_config(["cluster=round_robin", "cluster.num_replicas=3", "cost_model.noise_cv=0.2", "seed=4",
+                          *SMALL])
+    seeds = [replica_noise_seed(4, i) for i in range(3)]
+    assert seeds[0] == 4 and len(set(seeds)) == 3 and seeds == [replica_noise_seed(4, i) for i in range(3)]
+    # The same batch on each replica's cost model: one shared stream would give the same 5 draws three times.
+    models = [build(cfg, noise_seed=s)["cost_model"] for s in seeds]
+    draws = [tuple(m.predict([(256, 0)], [100, 200]) for _ in range(5)) for m in models]
+    assert len(set(draws)) == 3 and all(len(set(d)) == 5 for d in draws)
+    # Replica 0 is the single engine's stream.
+    single = build(cfg)["cost_model"]
+    assert tuple(single.predict([(256, 0)], [100, 200]) for _ in range(5)) == draws[0]

@@ -2,8 +2,8 @@
 
 ``runtime.cli.run`` hands over here when ``cluster.num_replicas != 1``; with one replica (or no ``cluster``) the
 CLI keeps the single-engine path, so those runs are unchanged. Every replica is built by ``runtime.cli.build``
-from the same config (its own scheduler, block manager and executor), and replica 0's workload is replayed
-through the router (``runtime.cluster.cluster_engine``).
+from the same config (its own scheduler, block manager and executor, and its own latency-noise seed:
+``replica_noise_seed``), and replica 0's workload is replayed through the router (``runtime.cluster.cluster_engine``).
 
 Outputs are the single run's, over all requests (the cluster metrics), plus:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -52,6 +53,16 @@ def num_replicas(cfg: DictConfig) -> int:
     return n
 
 
+def replica_noise_seed(seed: int, index: int) -> int:
+    """The latency-noise seed of replica ``index`` of a run with ``seed``.
+
+    With ``cost_model.noise_cv > 0`` replicas sharing one seed would jitter in lockstep (each drawing the same
+    sequence at its own steps), which no real fleet does. Replica 0 keeps the run's seed, so N=1 is the single
+    engine; replica ``i > 0`` draws from ``SeedSequence([seed, i])``, apart from every seed's replica 0 too.
+    """
+    return seed if index == 0 else int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def run_cluster(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = None) -> dict:
     """Run one experiment on ``cluster.num_replicas`` replicas, write its outputs and return its summary."""
     t0 = time.perf_counter()
@@ -63,13 +74,11 @@ def run_cluster(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | 
         raise ConfigError(f"results.mode={mode} is not supported with cluster.num_replicas={n}: use results.mode=full")
     if cfg.get("cluster") is None or cfg.cluster.get("router") is None:
         raise ConfigError("cluster.router is not set: choose cluster=round_robin, least_outstanding or slo_aware")
-    parts = [cli.build(cfg) for _ in range(n)]
+    parts = [cli.build(cfg, noise_seed=replica_noise_seed(int(cfg.seed), i)) for i in range(n)]
     first = parts[0]
     cost_model = first["cost_model"]
     planner_model = cost_model.deterministic() if hasattr(cost_model, "deterministic") else cost_model
     router = cli._instantiate(cfg.cluster.router, cost_model=planner_model)
-    # NOTE(cluster): every replica is built from the same seed, so with cost_model.noise_cv > 0 their latency
-    # noise streams are the same sequence (each replica draws it at its own steps); identical replicas, as asked.
     replicas = [Replica(i, scheduler=p["scheduler"], executor=p["executor"], clock=VirtualClock())
                 for i, p in enumerate(parts)]
     workload = first["workload"]
