@@ -5,9 +5,27 @@ heuristic faces into an ``OracleInstance`` (every waiting request, ``kv_mode: ph
 (1)–(5) are hard, all physical); after it, the instance is pruned to the ``oracle.max_candidates`` least-slack
 waiting requests plus the heuristic's own picks, credited with the blocks and slots the heuristic's own
 preemptions freed this step, and solved with the heuristic's batch as the starting incumbent. The heuristic's
-batch is a feasible point of that instance, so with ``J(B) = formulation.evaluate``
+batch is a feasible point of that instance, so with ``J(B) = formulation.evaluate``, ``J_k = J(B^H_k) ≤ J*_k`` (up
+to the solver's ``mip_gap``) and the relative gap (``relative_gap``)
 
-    gap_k = (J*_k − J(B^H_k)) / max(|J*_k|, 1e−9)  ≥ 0   (up to the solver's ``mip_gap``)
+    gap_k = (J*_k − J_k) / (max(J*_k, J_k, 0) − min(J*_k, J_k, 0))     (0 where J*_k = J_k = 0)
+
+The denominator is the length of the smallest interval holding ``0``, ``J*_k`` and ``J_k``, so ``gap_k ∈ [−1, 1]``
+(``≥ 0`` up to the ``mip_gap``), non-increasing in ``J_k`` and continuous except at ``J*_k = J_k = 0``:
+
+* ``0 ≤ J_k ≤ J*_k``: ``(J*_k − J_k) / J*_k``, the share of the step's attainable objective the batch missed;
+* ``J_k ≤ 0 < J*_k``: ``1``: the batch gained nothing, or lost more to SLO penalties than it gained in progress
+  (vLLM's whole-prompt steps); the raw objectives in the table keep by how much;
+* ``J_k ≤ J*_k ≤ 0`` (every batch loses): ``1 − J*_k / J_k``, the share of the batch's loss the optimum avoids.
+
+(Dividing by ``max(|J*_k|, 1e−9)`` instead is unbounded once ``J_k < 0``: ``J* = 0.0128``, ``J = −5.67`` give 443,
+and a few such steps dominated ``oracle_gap_mean``.)
+
+The reference problem is the same for every scheduler: (1)–(5), the physical constraints. ``scheduler=oracle`` with
+its default ``kv_mode: footprint`` solves (1)–(5) plus (4f) (it admits a request only while every running request's
+final footprint fits), so its own steps show a gap wherever (4f) binds and a physically admissible request would
+have scored more: the one-step price of never preempting, not an accounting error. With ``scheduler.kv_mode=physical``
+it solves this very instance and its gap is 0 (up to the ``mip_gap``) on every step it runs its own plan.
 
 Rows go to ``oracle_gap.parquet``: iteration, time, candidates, heuristic and optimal objective, bound, gap,
 status, solve time, whether the heuristic preempted. ``summary.json`` gets ``oracle_gap_mean``,
@@ -69,6 +87,14 @@ def widen(instance: OracleInstance, units: np.ndarray) -> OracleInstance:
     return dataclasses.replace(instance, upper=upper, ta=ta, bonus=bonus)
 
 
+def relative_gap(optimal: float, heuristic: float) -> float:
+    """``(J* − J) / (max(J*, J, 0) − min(J*, J, 0))``, in ``[−1, 1]`` (module docstring); NaN if either is NaN."""
+    if math.isnan(optimal) or math.isnan(heuristic):
+        return math.nan
+    span = max(optimal, heuristic, 0.0) - min(optimal, heuristic, 0.0)
+    return (optimal - heuristic) / span if span > 0.0 else 0.0
+
+
 class GapAccountant(ObservedScheduler):
     """Wraps a scheduler; solves the Oracle on the state of each of its steps (module docstring)."""
 
@@ -120,7 +146,7 @@ class GapAccountant(ObservedScheduler):
             units, heuristic, note = None, math.nan, f"heuristic batch infeasible: {error}"
         plan = solve(instance, self.backend, self.time_limit_s, mip_gap=self.mip_gap, hint=units)
         optimal = plan.objective if plan.batch else math.nan
-        gap = (optimal - heuristic) / max(abs(optimal), 1e-9) if plan.batch and not math.isnan(heuristic) else math.nan
+        gap = relative_gap(optimal, heuristic)
         self.rows.append((k, now, len(instance), heuristic, optimal, plan.bound, gap, plan.status, plan.solve_time_s,
                           len(preempted), note or plan.message))
 
