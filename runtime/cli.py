@@ -68,7 +68,7 @@ def fill_paths(cfg: DictConfig) -> None:
             cfg.paths.shared_data = str((REPO_ROOT.parent / "shared" / "data").resolve())
 
 
-def _instantiate(node, **kwargs):
+def instantiate_node(node, **kwargs):
     """``hydra.utils.instantiate`` that lets our own named errors through instead of Hydra's wrapper."""
     try:
         return instantiate(node, **kwargs)
@@ -86,20 +86,20 @@ def build(cfg: DictConfig, *, noise_seed: int | None = None) -> dict:
     """
     fill_paths(cfg)
     validate_config(cfg)  # every key known, typed and in range (runtime/config_schema.py)
-    model = _instantiate(cfg.model)
-    hardware = _instantiate(cfg.hardware)
+    model = instantiate_node(cfg.model)
+    hardware = instantiate_node(cfg.hardware)
     live = is_live(cfg)
     memory_plan = None
     if live:
         # Before anything else: a model or KV cache that cannot fit the device is the first thing to report.
-        num_blocks, swap_blocks, memory_plan = _live_memory_plan(cfg, model)
+        num_blocks, swap_blocks, memory_plan = live_memory_plan(cfg, model)
     if cfg.get("cost_model") is None:
         raise ConfigError(
             f"no cost model for model={model.name} on hardware={hardware.name} (conf/cost_model/{model.name}_"
             f"{hardware.name}.yaml): fit one on this device with `accelgen-profile model={model.name} "
             f"hardware={hardware.name}`, or pass cost_model=roofline (analytical) or an existing cost_model=<name>")
     # The run's seed drives the latency noise too (cost_model.noise_cv), so seed replicates are independent.
-    cost_model = _instantiate(cfg.cost_model, seed=cfg.seed if noise_seed is None else noise_seed)
+    cost_model = instantiate_node(cfg.cost_model, seed=cfg.seed if noise_seed is None else noise_seed)
     # Schedulers plan with the noise-free predictor; only simulated time (the executor) sees latency.noise_cv.
     planner_model = cost_model.deterministic() if hasattr(cost_model, "deterministic") else cost_model
     slo_classes, slo_refs = resolve_slo_classes(
@@ -122,8 +122,8 @@ def build(cfg: DictConfig, *, noise_seed: int | None = None) -> dict:
     kv_transfer = PCIeTransferModel.for_replica(model=model, hardware=hardware, block_size=kv.block_size,
                                                 efficiency=kv.get("pcie_efficiency", 0.8),
                                                 latency_s=kv.get("swap_latency_s", 1e-3))
-    workload = _instantiate(cfg.workload, slo_classes=slo_classes, max_model_len=model.max_model_len, seed=cfg.seed)
-    scheduler = _instantiate(
+    workload = instantiate_node(cfg.workload, slo_classes=slo_classes, max_model_len=model.max_model_len, seed=cfg.seed)
+    scheduler = instantiate_node(
         cfg.scheduler, block_manager=block_manager, cost_model=planner_model, slo_classes=slo_classes,
         max_model_len=model.max_model_len, kv_transfer=kv_transfer,
     )
@@ -135,10 +135,10 @@ def build(cfg: DictConfig, *, noise_seed: int | None = None) -> dict:
         scheduler = _gap_accountant(cfg, scheduler, planner_model)
     if live:
         # Partial, then called: Hydra would turn the dataclass arguments (ModelSpec, MemoryPlan) into DictConfigs.
-        executor = _instantiate(cfg.runtime, _partial_=True)(model=model, block_manager=block_manager,
+        executor = instantiate_node(cfg.runtime, _partial_=True)(model=model, block_manager=block_manager,
                                                              memory_plan=memory_plan)
     else:
-        executor = _instantiate(cfg.runtime, cost_model=cost_model, kv_transfer=kv_transfer)
+        executor = instantiate_node(cfg.runtime, cost_model=cost_model, kv_transfer=kv_transfer)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
                 block_manager=block_manager, kv_transfer=kv_transfer, workload=workload, scheduler=scheduler,
                 executor=executor)
@@ -156,7 +156,7 @@ def _scaled_blocks(num_blocks: int, scale: float) -> int:
     return scaled
 
 
-def _live_memory_plan(cfg: DictConfig, model):
+def live_memory_plan(cfg: DictConfig, model):
     """KV and swap blocks the live device can hold, checked against its free memory (``DeviceMemoryError``)."""
     from runtime.live.device import plan_memory, resolve_device, resolve_dtype
 
@@ -320,7 +320,7 @@ def main(cfg: DictConfig) -> float:
     try:
         digest = _resolved_hash(cfg)
         if sweep_dir is not None and cfg.get("resume", True):
-            done = resume.find_result(sweep_dir, digest)
+            done = resume.find_result(sweep_dir, digest, own_dir=output_dir)
             if done is not None:
                 summary = json.loads(done.read_text())
                 print(f"{summary.get('scheduler')} on {summary.get('workload')}: already done -> {done.parent} "
@@ -372,7 +372,7 @@ def log_run(cfg: DictConfig, output_dir: Path, summary: dict, *, sweep_dir: Path
     if cfg.get("logger") is None:
         return
     try:
-        _instantiate(cfg.logger).log_run(cfg, output_dir, summary, sweep_dir=sweep_dir)
+        instantiate_node(cfg.logger).log_run(cfg, output_dir, summary, sweep_dir=sweep_dir)
     except Exception as error:  # noqa: BLE001 - results are on disk already; the logger is a copy
         warnings.warn(f"logger failed, local results are in {output_dir}: {type(error).__name__}: {error}",
                       stacklevel=1)

@@ -20,11 +20,12 @@ killed mid-run leaves none and is run again. ``resume=false`` runs every job reg
 
 Crash safety. A run's tables and ``summary.json`` (and a sweep's ``comparison.csv`` and ``timings.csv``) are written
 as a hidden temporary ``.<name>.tmp`` and renamed into place, so a job killed at any point (even SIGKILL, mid-write)
-leaves each of them either absent or complete; only the hidden temporary of the write in progress can be left. A job folder is a *result* only when it holds
-``summary.json``, and then every table beside it is complete. A folder without one holds at most complete tables
-of an unfinished run: it is no result, and the job runs again into the same folder, overwriting them. Each job
-first removes the stale temporaries in its own folder (``remove_stale_temporaries``); other jobs' folders are left
-alone, since under a parallel launcher their temporaries may be writes in progress.
+leaves each of them either absent or complete; only the hidden temporary of the write in progress can be left. A
+job folder is a *result* only when it holds ``summary.json``, and then every table beside it is complete. A folder
+without one holds at most complete tables of an unfinished run: it is no result, and the job runs again into the
+same folder, overwriting them. Each job first removes the stale temporaries in its own folder
+(``remove_stale_temporaries``); other jobs' folders are left alone, since under a parallel launcher their
+temporaries may be writes in progress.
 """
 from __future__ import annotations
 
@@ -49,13 +50,24 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def find_result(sweep_dir: Path, digest: str) -> Path | None:
-    """The ``summary.json`` of a completed job with this config hash anywhere in the sweep directory."""
-    for path in sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}")):
+def find_result(sweep_dir: Path, digest: str, *, own_dir: Path | None = None) -> Path | None:
+    """The ``summary.json`` of a completed job with this config hash anywhere in the sweep directory.
+
+    ``own_dir`` (the job's own folder) is looked at first: re-running an unchanged sweep finds every result there,
+    so each job reads one file instead of every job's (a sweep of N jobs would otherwise read N² summaries). A
+    file that does not contain the digest as text is skipped without parsing it."""
+    candidates = sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}"))
+    if own_dir is not None:
+        own = (Path(own_dir) / SUMMARY_FILE).resolve()
+        candidates = [own] + [path for path in candidates if path.resolve() != own]
+    for path in candidates:
         try:
-            summary = json.loads(path.read_text())
+            text = path.read_text()
+            if digest not in text:
+                continue
+            summary = json.loads(text)
         except (OSError, ValueError):
-            continue  # unreadable: not a result (atomic writes make this rare), so the job runs again
+            continue  # absent or unreadable: not a result (atomic writes make this rare), so the job runs again
         if isinstance(summary, dict) and summary.get("config_hash") == digest:
             return path
     return None

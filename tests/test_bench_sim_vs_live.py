@@ -31,7 +31,8 @@ def quick_run(bench, tmp_path_factory):
 
 def test_quick_run_writes_every_output(quick_run):
     out = quick_run
-    for name in ("runs.csv", "comparison.csv", "iterations.parquet", "table.md", "sim_vs_live.md", "meta.json"):
+    for name in ("runs.csv", "comparison.csv", "iterations.parquet", "probes.csv", "table.md", "sim_vs_live.md",
+                 "meta.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "sim_vs_live.png").stat().st_size > 10_000
     assert not list(out.glob(".*.tmp"))
@@ -39,14 +40,14 @@ def test_quick_run_writes_every_output(quick_run):
 
 def test_runs_and_comparison_columns(bench, quick_run):
     runs = pd.read_csv(quick_run / "runs.csv")
-    assert list(runs.runtime) == ["live", "sim"] * 2
-    assert list(runs.scheduler) == ["sarathi", "sarathi", "vllm", "vllm"]
+    assert list(runs.runtime) == ["live", "sim", "sim@probe"] * 2
+    assert list(runs.scheduler) == ["sarathi"] * 3 + ["vllm"] * 3
     for key, _ in bench.METRICS:
         assert runs[key].notna().all(), key
     # The simulation manages the live run's KV cache.
     for _, pair in runs.groupby("scheduler"):
         assert pair.kv_num_blocks.nunique() == 1 and pair.kv_swap_blocks.nunique() == 1
-    assert runs.device[runs.runtime == "sim"].eq("simulated").all()
+    assert runs.device[runs.runtime != "live"].eq("simulated").all()
 
     comp = pd.read_csv(quick_run / "comparison.csv")
     assert list(comp.scheduler) == ["sarathi", "vllm"] and (comp.rate == 20.0).all()
@@ -114,3 +115,72 @@ def test_profile_command_spells_out_threads_and_out(bench):
         "'profile.serve_rates=[2,8,16]'")
     assert bench.profile_command("llama_15m", source, default_threads=1) == (
         "accelgen-profile model=llama_15m profile.overwrite=true 'profile.serve_rates=[2,8,16]'")
+
+
+def test_probe_columns_and_the_mape_at_the_probes_level(bench, quick_run):
+    comp = pd.read_csv(quick_run / "comparison.csv")
+    iters = pd.read_parquet(quick_run / "iterations.parquet")
+    runs = pd.read_csv(quick_run / "runs.csv")
+    for r in comp.itertuples():
+        assert r.probe_level_before > 0 and r.probe_level_after > 0
+        assert r.probe_level == pytest.approx(np.sqrt(r.probe_level_before * r.probe_level_after))
+        steps = iters[iters.scheduler == r.scheduler]
+        scaled = (steps.predicted_s * r.probe_level - steps.measured_s).abs() / steps.measured_s * 100
+        assert r.probe_mape_pct == pytest.approx(scaled.mean())
+        live = runs[(runs.scheduler == r.scheduler) & (runs.runtime == "live")].iloc[0]
+        probed = runs[(runs.scheduler == r.scheduler) & (runs.runtime == "sim@probe")].iloc[0]
+        for key, _ in bench.METRICS:
+            assert getattr(r, f"{key}_sim_probe") == pytest.approx(probed[key])
+            assert getattr(r, f"{key}_rel_probe") == pytest.approx((probed[key] - live[key]) / live[key])
+    probes = pd.read_csv(quick_run / "probes.csv")
+    assert len(probes) == len(comp) * 2 * len(set(probes.composition))
+    assert np.allclose(probes.ratio, probes.measured_ms / probes.predicted_ms)
+    for r in comp.itertuples():
+        before = probes[(probes.scheduler == r.scheduler) & (probes.when == "before")]
+        assert r.probe_level_before == pytest.approx(before.ratio.median())
+    assert "| probe level before → after |" in (quick_run / "table.md").read_text()
+    assert "**Speed probe**" in (quick_run / "sim_vs_live.md").read_text()
+
+
+def test_no_probe_leaves_out_the_probe_and_its_run(bench, tmp_path):
+    assert bench.main(["--quick", "--no-progress", "--no-probe", "--schedulers", "vllm", "--num-requests", "4",
+                       "--out", str(tmp_path)]) == 0
+    assert list(pd.read_csv(tmp_path / "runs.csv").runtime) == ["live", "sim"]
+    assert "probe_level" not in pd.read_csv(tmp_path / "comparison.csv")
+    assert "probe" not in (tmp_path / "table.md").read_text()
+
+
+class _Fixed:
+    def execute(self, output):
+        from runtime.core.outputs import StepResult
+
+        return StepResult(sampled_token_ids={"r": 1}, step_time=1.0, swap_time=0.25, recompute_time=0.1)
+
+
+def test_scaled_executor_scales_compute_not_swaps(bench):
+    result = bench.ScaledExecutor(_Fixed(), 2.0).execute(None)
+    assert result.step_time == pytest.approx(0.25 + 0.75 * 2.0)
+    assert result.swap_time == 0.25 and result.recompute_time == pytest.approx(0.2)
+    assert result.sampled_token_ids == {"r": 1}
+
+
+def test_scaled_steps_doubles_every_simulated_step_of_an_unchanged_schedule(bench):
+    # All requests arrive at once and vLLM does not plan with the cost model: the same steps, each twice as long.
+    import runtime.cli as cli
+    from runtime.core.clock import VirtualClock
+    from runtime.core.engine import Engine
+    from runtime.core.recording import RecordingExecutor
+
+    over = ["model=tiny", "hardware=cpu", "cost_model=tiny_cpu", "scheduler=vllm", "workload=live_small",
+            "workload.num_requests=6", "workload.arrival.rate=1e6"]
+    rows = []
+    for factor in (1.0, 2.0):
+        with bench.scaled_steps(factor):
+            parts = cli.build(bench.compose_cfg(over))
+        recorder = RecordingExecutor(parts["executor"])
+        Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],
+               clock=VirtualClock()).run()
+        rows.append(recorder.rows)
+    assert cli.build.__name__ == "build" and cli.build.__module__ == "runtime.cli"  # restored
+    assert [(r["chunks"], r["decodes"]) for r in rows[0]] == [(r["chunks"], r["decodes"]) for r in rows[1]]
+    assert np.allclose([r["step_time"] for r in rows[1]], [2 * r["step_time"] for r in rows[0]])

@@ -39,6 +39,12 @@ def check(overrides: list[str]) -> None:
     (["scheduler=cacheopt", "+scheduler.cacheopt.reus=false"], r"^scheduler\.cacheopt\.reus: .*did you mean reuse\?"),
     (["+model.num_layer=2"],
      r"^model\.num_layer: unknown key for runtime\.sim\.specs\.ModelSpec; did you mean num_layers"),
+    (["+results.moed=stream"], r"^results\.moed: unknown key for `results`; did you mean mode\? "
+                               r"allowed: batch_size, iteration_every, mode"),
+    (["+cluster.num_replica=2"], r"^cluster\.num_replica: unknown key for `cluster`; did you mean num_replicas\?"),
+    (["cluster=slo_aware", "+cluster.router.reference_chnk=64"],
+     r"^cluster\.router\.reference_chnk: unknown key for runtime\.cluster\.router\.SLOAwareRouter; "
+     r"did you mean reference_chunk\?"),
 ])
 def test_unknown_key_is_named_with_the_allowed_ones(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -81,6 +87,10 @@ def test_wrong_type_names_the_key_and_the_type(overrides, message):
     (["task=capacity", "task.target=1.5"], r"^task\.target: must be in \(0, 1\]"),
     (["oracle.backend=gurobi"], r"^oracle\.backend: must be one of .*decomposed"),
     (["scheduler=cacheopt", "scheduler.cacheopt.quantile=2"], r"^scheduler\.cacheopt\.quantile: must be in \[0, 1\]"),
+    (["results.mode=everything"], r"^results\.mode: must be one of full, stream, summary; got 'everything'"),
+    (["results.iteration_every=0"], r"^results\.iteration_every: must be >= 1, got 0"),
+    (["cluster.num_replicas=0"], r"^cluster\.num_replicas: must be >= 1, got 0"),
+    (["cluster.num_replicas=two"], r"^cluster\.num_replicas: expected int, got 'two'"),
 ])
 def test_out_of_range_names_the_key_and_the_range(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -64,6 +64,10 @@ def test_header_spells_out_what_changes_the_fit():
     opts = {**profile.DEFAULTS, "serve_seed": 7, "out": "/tmp/x", "overwrite": True}
     plain = compose_config(["runtime=live", "model=tiny"])
     assert profile.header_args(plain, opts, "tiny", "cpu") == "model=tiny hardware=cpu profile.grid=full"
+    # heldout: null resolves to the grid's count (30 for full), which is the default, not an option given.
+    resolved = {**profile.DEFAULTS, "heldout": profile.HELDOUT["full"]}
+    assert profile.header_args(plain, resolved, "tiny", "cpu") == "model=tiny hardware=cpu profile.grid=full"
+    assert profile.header_args(plain, {**resolved, "heldout": 5}, "tiny", "cpu").endswith("profile.heldout=5")
 
 
 def test_predictions_are_monotone(profiled):

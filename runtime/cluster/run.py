@@ -78,7 +78,7 @@ def run_cluster(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | 
     first = parts[0]
     cost_model = first["cost_model"]
     planner_model = cost_model.deterministic() if hasattr(cost_model, "deterministic") else cost_model
-    router = cli._instantiate(cfg.cluster.router, cost_model=planner_model)
+    router = cli.instantiate_node(cfg.cluster.router, cost_model=planner_model)
     replicas = [Replica(i, scheduler=p["scheduler"], executor=p["executor"], clock=VirtualClock())
                 for i, p in enumerate(parts)]
     workload = first["workload"]

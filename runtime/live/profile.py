@@ -12,9 +12,9 @@ the default, or ``min``: see below), ``small_batch_weight`` (see Fit), ``heldout
 per kind; null: 30 full, 4 quick), ``out`` (folder of the YAML; null: ``conf/cost_model``), ``overwrite`` (replace
 an existing YAML), ``seed``, ``engine_overhead_s`` (written as is; default 0, see below), and the served
 calibration's ``serve_rates`` (req/s; empty, the default, turns it off), ``serve_schedulers`` (sarathi, vllm),
-``serve_workload`` (live_small), ``serve_requests`` (200), ``serve_seed`` (1) and ``serve_grid_weight`` (5). ``runtime=live`` is
-implied and every ``runtime.*`` key (device, dtype, threads, checkpoint) is the live run's. The YAML is
-``<out>/<model>_<hardware>.yaml``, the name ``cost_model: ${model}_${hardware}`` resolves to, so
+``serve_workload`` (live_small), ``serve_requests`` (200), ``serve_seed`` (1) and ``serve_grid_weight`` (5).
+``runtime=live`` is implied and every ``runtime.*`` key (device, dtype, threads, checkpoint) is the live run's. The
+YAML is ``<out>/<model>_<hardware>.yaml``, the name ``cost_model: ${model}_${hardware}`` resolves to, so
 ``accelgen runtime=live model=<m>`` plans with it and ``accelgen runtime=sim model=<m> hardware=<hw>`` simulates
 with it. ``hardware`` must be an existing
 ``conf/hardware`` option that describes the device: ``cpu`` (what ``runtime=live`` selects) on a CPU; on a GPU pick
@@ -277,7 +277,7 @@ class Profiler:
     """A ``LiveExecutor`` with a ``BlockManager`` big enough for every composition, and the timing loop."""
 
     def __init__(self, cfg: DictConfig, model, num_tokens: int) -> None:
-        from runtime.cli import _instantiate, _live_memory_plan
+        from runtime.cli import instantiate_node, live_memory_plan
 
         block_size = int(cfg.kv.block_size)
         cfg = cfg.copy()
@@ -286,10 +286,10 @@ class Profiler:
             cfg.kv.num_blocks = int(-(-num_tokens // block_size) + 1024)
             cfg.kv.num_blocks_scale = 1.0
             cfg.kv.swap_blocks = 0
-        num_blocks, swap_blocks, plan = _live_memory_plan(cfg, model)
+        num_blocks, swap_blocks, plan = live_memory_plan(cfg, model)
         self.block_manager = BlockManager(num_blocks=num_blocks, block_size=block_size, watermark=0.0,
                                           num_swap_blocks=swap_blocks)
-        self.executor = _instantiate(cfg.runtime, model=model, block_manager=self.block_manager, memory_plan=plan)
+        self.executor = instantiate_node(cfg.runtime, model=model, block_manager=self.block_manager, memory_plan=plan)
         cache = self.executor.cache
         gen = torch.Generator(device=cache.k.device).manual_seed(int(cfg.seed))
         for tensor in (cache.k, cache.v):  # realistic values in every slot a decode may read; null slot zero
@@ -325,6 +325,15 @@ class Profiler:
                 ex.tokens.drop(rid)
                 bm.free(rid)
 
+
+def time_settled(profiler: Profiler, comp: Composition, settle: int, settle_s: float) -> float:
+    """One timed run of ``comp`` after untimed runs of the same batch (at least ``settle`` runs and ``settle_s``
+    seconds, at most ``MAX_SETTLE_RUNS``): in serving, consecutive steps are alike (module docstring)."""
+    start, n = time.perf_counter(), 0
+    while n < settle or (n < MAX_SETTLE_RUNS and time.perf_counter() - start < settle_s):
+        profiler.run(comp)
+        n += 1
+    return profiler.run(comp)
 
 
 def _options(cfg: DictConfig, overrides: dict) -> dict:
@@ -467,6 +476,8 @@ def header_args(cfg: DictConfig, opts: dict, model: str, hardware: str) -> str:
                                                     and not opts["serve_rates"]):
             continue
         value = opts[key]
+        if key == "heldout" and value == HELDOUT.get(opts["grid"]):
+            continue  # null resolves to the grid's own count: the default, spelled out
         if (list(value) if isinstance(value, (list, tuple)) else value) != default:
             args.append(f"profile.{key}={spell(value)}")
     return " ".join(args)
@@ -478,7 +489,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
 
     ``overrides`` are ``profile.*`` options (module docstring) given as keywords.
     """
-    from runtime.cli import _instantiate, fill_paths, is_live
+    from runtime.cli import instantiate_node, fill_paths, is_live
     from runtime.config_schema import validate_config
     from runtime.live.device import resolve_device, resolve_dtype
 
@@ -491,8 +502,8 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
         run_keys.pop("profile", None)  # the profiler's own block, checked by _options below
     validate_config(run_keys)
     opts = _options(cfg, overrides)
-    model = _instantiate(cfg.model)
-    hardware = _instantiate(cfg.hardware)
+    model = instantiate_node(cfg.model)
+    hardware = instantiate_node(cfg.hardware)
     device = resolve_device(cfg.runtime.get("device", "auto"))
     dtype = resolve_dtype(cfg.runtime.get("dtype", "auto"), device)
     _check_device(device, hardware)
@@ -517,14 +528,10 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
               disable=not show, mininterval=0.5) as bar:
         for r in range(rounds):
             for i in rng.permutation(len(comps)):
-                if r >= opts["warmup"]:  # untimed runs of the same batch first, as in serving (docstring)
-                    start, n = time.perf_counter(), 0
-                    while n < settle or (n < MAX_SETTLE_RUNS and time.perf_counter() - start < settle_s):
-                        profiler.run(comps[i])
-                        n += 1
-                t = profiler.run(comps[i])
                 if r >= opts["warmup"]:
-                    comps[i].times.append(t)
+                    comps[i].times.append(time_settled(profiler, comps[i], settle, settle_s))
+                else:
+                    profiler.run(comps[i])
                 bar.update(1)
     profile_s = time.perf_counter() - t0
 

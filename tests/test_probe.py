@@ -1,0 +1,45 @@
+"""runtime.live.probe: the speed probe times fixed compositions on a live executor and divides by the cost model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from runtime.live.probe import PROBE, SpeedProbe, labels
+from runtime.sim.cost_model import LinearCostModel
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def probe():
+    cfg = compose_config(["runtime=live", "model=tiny", "runtime.threads=1"])
+    return SpeedProbe(cfg, instantiate(cfg.model), repeats=2, settle=0, settle_s=0.0)
+
+
+def test_level_is_the_median_ratio_of_measured_to_predicted(probe):
+    flat = LinearCostModel(beta0=1e-3, beta1=0.0, beta2=0.0, beta3=0.0, beta4=0.0)
+    result = probe(flat)
+    assert len(result.measured_s) == len(result.predicted_s) == len(PROBE) == len(labels())
+    assert all(t > 0 for t in result.measured_s)
+    assert result.predicted_s == pytest.approx([1e-3] * len(PROBE))
+    assert result.level == pytest.approx(np.median(np.asarray(result.measured_s) / 1e-3))
+    row = result.as_dict()
+    assert row["probe_level"] == result.level and sum(k.startswith("probe_ms[") for k in row) == len(PROBE)
+
+
+def test_a_slower_prediction_gives_a_proportionally_lower_level(probe):
+    # One measurement, two cost models: the level is measured over predicted, composition by composition.
+    fitted = LinearCostModel(beta0=2e-4, beta1=1e-6, beta2=1e-9, beta3=1e-8, beta4=1e-5)
+    doubled = LinearCostModel(beta0=4e-4, beta1=2e-6, beta2=2e-9, beta3=2e-8, beta4=2e-5)
+    result = probe(fitted)
+    ratios = np.asarray(result.measured_s) / np.asarray([doubled.predict_deterministic(c.chunks, c.decodes)
+                                                         for c in probe.comps])
+    assert np.median(ratios) == pytest.approx(result.level / 2)
+    assert result.predicted_s == pytest.approx([fitted.predict_deterministic(c.chunks, c.decodes)
+                                                for c in probe.comps])
+
+
+def test_probe_leaves_its_cache_empty(probe):
+    probe(LinearCostModel(beta0=1e-3, beta1=0.0, beta2=0.0, beta3=0.0, beta4=0.0))
+    bm = probe.profiler.block_manager
+    assert bm.num_free_blocks == bm.num_blocks
