@@ -21,9 +21,11 @@ two threads on two cores (BENCHMARKS.md, "Simulator fidelity against the live ru
 
 **Speed probe** (``runtime.live.probe``; ``--no-probe`` skips it). Right before and right after each live run the
 bench times a fixed set of compositions on a separate live executor and divides by the cost model's predictions:
-the probe level, the machine's speed at that moment, measured outside the run. A third run, ``sim@probe``, is the
-simulation with every step time multiplied by the geometric mean of the two levels (schedulers and SLOs keep the
-fitted cost model, as in the live run). Against the live run it gives the replay MAPE and the run-level metrics
+the probe level, the machine's speed at that moment, measured outside the run. ``accelgen-profile`` takes the same
+probe while profiling (``fit_error.probe_level``), so the *probe factor*, the geometric mean of the two levels over
+the profile's, is the machine's speed now against during the profile. A third run, ``sim@probe``, is the simulation
+with every step time multiplied by the probe factor (schedulers and SLOs keep the fitted cost model, as in the live
+run). Against the live run it gives the replay MAPE and the run-level metrics
 with the machine's speed taken out by a measurement that is not fitted to the run (unlike ``with_level``).
 Diagnostic columns only: the targets are judged on the plain simulation.
 
@@ -68,7 +70,6 @@ from runtime.core.recording import RecordingExecutor
 from runtime.core.run_log import atomic_write, write_json
 from runtime.live.device import cpu_name
 from runtime.live.probe import SpeedProbe
-from runtime.live.probe import labels as probe_labels
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -193,9 +194,10 @@ def compare(live: dict, sim: dict, steps: pd.DataFrame, probed: dict | None = No
     rels = [row[f"{k}_rel"] for k, _ in METRICS]
     row["metrics_ok"] = all(np.isfinite(r) and abs(r) <= METRIC_TOL for r in rels)
     if probed:
-        level = probed["probe_level"]
-        row.update({k: probed[k] for k in ("probe_level_before", "probe_level_after", "probe_level", "probe_wall_s")})
-        row["probe_mape_pct"] = float(((steps.predicted_s * level - steps.measured_s).abs() / steps.measured_s).mean()
+        factor = probed["probe_factor"]
+        row.update({k: probed[k] for k in ("probe_level_before", "probe_level_after", "probe_level", "probe_reference",
+                                           "probe_factor", "probe_wall_s")})
+        row["probe_mape_pct"] = float(((steps.predicted_s * factor - steps.measured_s).abs() / steps.measured_s).mean()
                                       * 100)
         for key, _ in METRICS:
             row[f"{key}_sim_probe"] = probed["sim_probe"].get(key)
@@ -210,13 +212,17 @@ def run_pair(args, scheduler: str, rate: float, keep: Path | None, progress: boo
              probe: SpeedProbe | None = None) -> tuple[dict, dict, pd.DataFrame, dict]:
     """The live run, the simulation and the replayed steps; with ``probe``, also a dict of the probe's levels
     before and after the live run (``probe_level_before``, ``probe_level_after``), their geometric mean
-    (``probe_level``) and the summary of the simulation at that level (``sim_probe``); empty without one."""
+    (``probe_level``), that over the profile's own probe level (``probe_factor``: the machine's speed now against
+    during the profile; the level itself when the cost model has none) and the summary of the simulation with its
+    step times scaled by that factor (``sim_probe``); empty without a probe."""
     common = [f"model={args.model}", "workload=live_small", f"scheduler={scheduler}",
               f"workload.arrival.rate={rate!r}", f"workload.num_requests={args.num_requests}", f"seed={args.seed}",
               *([f"cost_model={args.cost_model}"] if args.cost_model_file is None else []), *args.override]
     live_over = ["runtime=live", *([f"runtime.threads={args.threads}"] if args.threads else [])]
     cfg = compose_cfg([*common, *live_over], progress=progress, cost_model_file=args.cost_model_file)
     cost_model = instantiate(cfg.cost_model).deterministic()
+    # The same probe taken during the profile (fit_error.probe_level): the fit's own residual on the probe's batches.
+    reference = float((getattr(cost_model, "fit_error", None) or {}).get("probe_level") or 1.0)
     before = probe(cost_model) if probe is not None else None
     with recording() as recorders:
         live = cli.run(cfg, keep / f"{scheduler}_{rate:g}_live" if keep else None)
@@ -229,15 +235,17 @@ def run_pair(args, scheduler: str, rate: float, keep: Path | None, progress: boo
     probed: dict = {}
     if before is not None:
         level = math.sqrt(before.level * after.level)
-        with scaled_steps(level):
+        with scaled_steps(level / reference):
             sim_probe = cli.run(compose_cfg([*common, *sim_over], cost_model_file=args.cost_model_file),
                                 keep / f"{scheduler}_{rate:g}_sim_probe" if keep else None)
         probed = dict(probe_level_before=before.level, probe_level_after=after.level, probe_level=level,
+                      probe_reference=reference, probe_factor=level / reference,
                       probe_wall_s=before.wall_s + after.wall_s, sim_probe=sim_probe,
                       probes=[dict(when=when, composition=label, measured_ms=m * 1e3, predicted_ms=p * 1e3,
                                    ratio=m / p)
                               for when, result in (("before", before), ("after", after))
-                              for label, m, p in zip(probe_labels(), result.measured_s, result.predicted_s)])
+                              for label, m, p in zip([c.label() for c in probe.comps], result.measured_s,
+                                                     result.predicted_s)])
     return live, sim, steps, probed
 
 
@@ -293,13 +301,19 @@ def markdown_table(comp: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_factor(comp: pd.DataFrame) -> pd.DataFrame:
+    """Outputs written before the profile kept its own probe level scaled by the probe level itself."""
+    return comp if "probe_factor" in comp else comp.assign(probe_factor=comp.probe_level)
+
+
 def probe_table(comp: pd.DataFrame) -> str:
     """The speed probe's columns (module docstring): empty when the run had no probe."""
     if "probe_level" not in comp or comp["probe_level"].isna().all():
         return ""
-    head = ("| scheduler | rate (req/s) | probe level before → after | live / predicted | iter MAPE at the probe's "
-            "level | " + " | ".join(f"{label} sim@probe vs live" for _, label in METRICS) + " | targets at the "
-            "probe's level |")
+    comp = _with_factor(comp)
+    head = ("| scheduler | rate (req/s) | probe level before → after | probe factor | live / predicted | iter MAPE "
+            "at the probe factor | " + " | ".join(f"{label} sim@probe vs live" for _, label in METRICS)
+            + " | targets at the probe factor |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in comp.itertuples():
         d = r._asdict()
@@ -308,7 +322,8 @@ def probe_table(comp: pd.DataFrame) -> str:
               + ("metrics ✓" if r.probe_metrics_ok else "metrics ✗"))
         level = f"×{r.level:.2f}" if np.isfinite(d.get("level", math.nan)) else "–"
         lines.append(f"| {r.scheduler} | {r.rate:g} | ×{r.probe_level_before:.2f} → ×{r.probe_level_after:.2f} | "
-                     f"{level} | {r.probe_mape_pct:.1f} % | " + " | ".join(cells) + f" | {ok} |")
+                     f"×{r.probe_factor:.2f} | {level} | {r.probe_mape_pct:.1f} % | " + " | ".join(cells)
+                     + f" | {ok} |")
     return "\n".join(lines) + "\n"
 
 
@@ -448,7 +463,7 @@ def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame) -> str:
         "",
         history_note(iters),
         "",
-        probe_note(comp, iters),
+        probe_note(comp, iters, e),
         "![simulated vs live](docs/sim_vs_live.png)",
         "",
         "Files: `bench/results/sim_vs_live/` (`comparison.csv`, `runs.csv`, `iterations.parquet`, `table.md`, "
@@ -458,23 +473,31 @@ def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def probe_note(comp: pd.DataFrame, iters: pd.DataFrame) -> str:
-    """The speed-probe paragraph and table (empty without a probe)."""
+def probe_note(comp: pd.DataFrame, iters: pd.DataFrame, fit_error: dict | None = None) -> str:
+    """The speed-probe paragraph and table (empty without a probe); ``fit_error`` is the cost model's, whose
+    ``probe_level`` (the same probe, taken during the profile) is the reference for the machine's speed."""
     table = probe_table(comp)
     if not table:
         return ""
-    levels = iters.merge(comp[["scheduler", "rate", "probe_level"]], on=["scheduler", "rate"], how="left").probe_level
-    mape = float(((iters.predicted_s * levels - iters.measured_s).abs() / iters.measured_s).mean() * 100)
+    comp = _with_factor(comp)
+    factors = iters.merge(comp[["scheduler", "rate", "probe_factor"]], on=["scheduler", "rate"],
+                          how="left").probe_factor
+    mape = float(((iters.predicted_s * factors - iters.measured_s).abs() / iters.measured_s).mean() * 100)
     probes = comp[["probe_level_before", "probe_level_after"]].to_numpy().ravel()
     n_ok = int((comp.probe_iter_ok & comp.probe_metrics_ok).sum())
     rels = comp[[f"{k}_rel_probe" for k, _ in METRICS]].abs().to_numpy()
     within = int((rels <= METRIC_TOL).sum())
     return (f"**Speed probe** (`runtime.live.probe`): fixed compositions timed on a separate live executor right "
             f"before and after each live run, over the cost model's predictions. Its level ranged ×{probes.min():.2f}"
-            f"–×{probes.max():.2f} over the bench (×1.00: as fast as the profile predicts). `sim@probe` is the "
-            "simulation with every step time multiplied by the geometric mean of the two levels, a speed measured "
-            f"outside the run; against the live runs its replay MAPE is {mape:.1f} % over all steps, {within} of "
-            f"{rels.size} run-level metrics are within 15 %, and {n_ok} of {len(comp)} pairs meet both targets. "
+            f"–×{probes.max():.2f} over the bench (×1.00: as fast as the profile predicts)"
+            + (f"; during the profile it was ×{ref:.2f} (spread {fit_error.get('probe_spread_pct', math.nan):.1f} %), "
+               f"so the machine ran at ×{probes.min() / ref:.2f}–×{probes.max() / ref:.2f} of its speed then"
+               if (ref := (fit_error or {}).get("probe_level")) else "")
+            + ". `sim@probe` is the simulation with every step time multiplied by the geometric mean of the two "
+            + ("levels over the profile's (the probe factor)" if ref else "levels") + ", a speed measured outside the "
+            "run; against the live runs "
+            f"its replay MAPE is {mape:.1f} % over all steps, {within} of {rels.size} run-level metrics are within "
+            f"15 %, and {n_ok} of {len(comp)} pairs meet both targets. "
             "Diagnostic only: the targets are judged on the plain simulation above.\n\n" + table)
 
 

@@ -125,7 +125,8 @@ def test_probe_columns_and_the_mape_at_the_probes_level(bench, quick_run):
         assert r.probe_level_before > 0 and r.probe_level_after > 0
         assert r.probe_level == pytest.approx(np.sqrt(r.probe_level_before * r.probe_level_after))
         steps = iters[iters.scheduler == r.scheduler]
-        scaled = (steps.predicted_s * r.probe_level - steps.measured_s).abs() / steps.measured_s * 100
+        assert r.probe_factor == pytest.approx(r.probe_level / r.probe_reference)
+        scaled = (steps.predicted_s * r.probe_factor - steps.measured_s).abs() / steps.measured_s * 100
         assert r.probe_mape_pct == pytest.approx(scaled.mean())
         live = runs[(runs.scheduler == r.scheduler) & (runs.runtime == "live")].iloc[0]
         probed = runs[(runs.scheduler == r.scheduler) & (runs.runtime == "sim@probe")].iloc[0]

@@ -96,6 +96,20 @@ def test_measurements_csv(profiled):
     assert m.predict([(10, 0)], [5, 6]) == 12
 
 
+def test_the_profile_records_its_speed_probe(profiled):
+    out, result = profiled
+    e = result["fit_error"]
+    assert e["num_probes"] == 2  # one per timed round (repeats=2)
+    assert e["probe_level"] > 0 and e["probe_spread_pct"] >= 0
+    text = profile.format_result(result)
+    assert f"speed probe: level x{e['probe_level']:.3f}" in text
+    assert ("warning: the machine's speed moved" in text) == (e["probe_spread_pct"] > 10)
+    steady = {**result, "fit_error": {**e, "probe_spread_pct": 3.0}}
+    moved = {**result, "fit_error": {**e, "probe_spread_pct": 25.0}}
+    assert "warning" not in profile.format_result(steady)
+    assert "moved by 25 % while it was profiled" in profile.format_result(moved)
+
+
 def test_existing_yaml_needs_overwrite(profiled):
     out, _ = profiled
     cfg = compose_config(["runtime=live", "model=tiny"])

@@ -20,7 +20,10 @@ with it. ``hardware`` must be an existing
 ``conf/hardware`` option that describes the device: ``cpu`` (what ``runtime=live`` selects) on a CPU; on a GPU pick
 the matching one (e.g. ``hardware=h100_80g``; add a ``conf/hardware/<gpu>.yaml`` where none matches) -- profiling
 a GPU under ``hardware=cpu`` or a CPU under a GPU option is refused, so no file is misnamed. The raw measurements
-go to ``measurements.csv`` in the Hydra run directory (``outputs/profile/<time>_...``).
+go to ``measurements.csv`` in the Hydra run directory (``outputs/profile/<time>_...``). After every timed round and
+every served run the speed probe (``runtime.live.probe``) times six fixed batches: ``fit_error.probe_level`` and
+``probe_spread_pct`` say how fast the machine was against the fit and how far that moved during the profile (a
+warning above 10 %).
 
 What is measured. Compositions ``B`` of three kinds, each a ``SchedulerOutput`` whose requests get block tables in
 the executor's own ``BlockManager`` (freed after each run) and run by ``LiveExecutor.execute``, the call a live run
@@ -410,12 +413,14 @@ def _group_option(group: str, name: str) -> DictConfig:
     return node
 
 
-def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool) -> pd.DataFrame:
+def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool,
+                between=None) -> pd.DataFrame:
     """Every step of live runs of ``serve_workload`` at each of ``serve_rates`` with each of ``serve_schedulers``:
     its composition features and measured ``step_time`` (the served calibration, module docstring).
 
     The runs are ordinary live runs (``runtime.cli.build``, the engine, a wall clock skipping idle gaps) whose
-    schedulers plan with ``cost_model`` (the grid fit), on the seed ``serve_seed``."""
+    schedulers plan with ``cost_model`` (the grid fit), on the seed ``serve_seed``. ``between()`` is called after
+    each run (the speed probe)."""
     from runtime.cli import build
     from runtime.core.clock import WallClock
     from runtime.core.engine import Engine
@@ -438,6 +443,8 @@ def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool) -
         recorder = RecordingExecutor(parts["executor"])
         Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],
                clock=WallClock(skip_idle=True)).run()
+        if between is not None:
+            between()
         for step, row in enumerate(recorder.rows):
             if row["swap_time"] or row["recompute_tokens"]:
                 continue  # swaps and recomputes have their own models (runtime.sim.transfer, CacheOPT)
@@ -519,6 +526,10 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
     comps = train + heldout
     profiler = Profiler(cfg, model, max(c.kv_tokens + 16 * c.num_seqs for c in comps))
     threads = torch.get_num_threads()
+    from runtime.live.probe import ProbeTrack  # it builds on this module
+
+    probe = ProbeTrack(profiler, settle=opts["settle"], settle_s=float(opts["settle_s"]), seed=opts["seed"],
+                       max_len=max_len)
 
     rounds, settle, settle_s = opts["warmup"] + opts["repeats"], opts["settle"], float(opts["settle_s"])
     rng = np.random.default_rng(opts["seed"])
@@ -533,6 +544,8 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                 else:
                     profiler.run(comps[i])
                 bar.update(1)
+            if r >= opts["warmup"]:
+                probe.sample()  # how fast the machine is now (runtime.live.probe): its spread is in fit_error
     profile_s = time.perf_counter() - t0
 
     rows = []
@@ -553,7 +566,8 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
     if opts["serve_rates"]:
         # Served calibration: live runs planned with the grid fit, then one fit over the grid and every served step.
         t1 = time.perf_counter()
-        served = serve_steps(cfg, opts, _payload(name, fit, opts, source="grid fit (served calibration)"), show)
+        served = serve_steps(cfg, opts, _payload(name, fit, opts, source="grid fit (served calibration)"), show,
+                             between=probe.sample)
         serve_s = time.perf_counter() - t1
         frame = pd.concat([frame, served], ignore_index=True)
         fit = _fit(frame[frame.split.isin(["train", "serve"])], opts)
@@ -578,6 +592,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                           **{f"serve_{k}": float(sv.ape_pct[sv.kind == k].mean()) for k in KINDS
                              if (sv.kind == k).any()}})
     fit_error = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fit_error.items()}
+    fit_error.update(probe.summary(cm))
     counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
     where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     source = (f"accelgen-profile: LiveExecutor.execute step_time ({opts['stat']} of {opts['repeats']} after "
@@ -610,6 +625,8 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
 
 
 def format_result(result: dict) -> str:
+    from runtime.live.probe import STEADY_SPREAD_PCT
+
     e = result["fit_error"]
     return "\n".join([
         f"wrote {result['_path']} ({result['_profile_s']:.0f} s of timing)",
@@ -621,6 +638,11 @@ def format_result(result: dict) -> str:
         f"train {e['train']:.2f}",
         *([f"  served calibration: {e['num_serve']} live steps, MAPE % {e['serve']:.2f} (in-sample)"]
           if "serve" in e else []),
+        *([f"  speed probe: level x{e['probe_level']:.3f} of the fit over {e['num_probes']} probes, spread "
+           f"{e['probe_spread_pct']:.1f} %"] if "probe_level" in e else []),
+        *([f"  warning: the machine's speed moved by {e['probe_spread_pct']:.0f} % while it was profiled (speed "
+           f"probe, runtime/live/probe.py); on a shared machine, profile again when it is quiet, or use "
+           f"profile.stat=min"] if e.get("probe_spread_pct", 0) > STEADY_SPREAD_PCT else []),
     ])
 
 
