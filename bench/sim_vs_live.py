@@ -104,40 +104,33 @@ class ScaledExecutor:
 
 
 @contextmanager
-def scaled_steps(factor: float):
-    """Patch ``runtime.cli.build`` so the simulated steps take ``factor`` times the cost model's time; schedulers
-    and SLO classes keep the cost model as fitted (they planned with it in the live run too)."""
+def wrapped_executors(wrap):
+    """Patch ``runtime.cli.build`` so every run's executor is ``wrap(executor)``; yields the wrappers made."""
+    made: list = []
     original = cli.build
 
     def build(cfg, **kwargs):
         parts = original(cfg, **kwargs)
-        parts["executor"] = ScaledExecutor(parts["executor"], factor)
+        parts["executor"] = wrap(parts["executor"])
+        made.append(parts["executor"])
         return parts
 
     cli.build = build
     try:
-        yield
+        yield made
     finally:
         cli.build = original
 
 
-@contextmanager
+def scaled_steps(factor: float):
+    """Simulated steps take ``factor`` times the cost model's time; schedulers and SLO classes keep the cost model
+    as fitted (they planned with it in the live run too)."""
+    return wrapped_executors(lambda executor: ScaledExecutor(executor, factor))
+
+
 def recording():
-    """Patch ``runtime.cli.build`` so the run's executor is a ``RecordingExecutor``; yields the recorders."""
-    recorders: list[RecordingExecutor] = []
-    original = cli.build
-
-    def build(cfg):
-        parts = original(cfg)
-        parts["executor"] = RecordingExecutor(parts["executor"])
-        recorders.append(parts["executor"])
-        return parts
-
-    cli.build = build
-    try:
-        yield recorders
-    finally:
-        cli.build = original
+    """Each run's executor a ``RecordingExecutor``; yields the recorders."""
+    return wrapped_executors(RecordingExecutor)
 
 
 def compose_cfg(overrides: list[str], progress: bool = False, cost_model_file: Path | None = None):

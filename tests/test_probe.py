@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from runtime.live.probe import PROBE, ProbeTrack, SpeedProbe, labels
+from runtime.live.probe import PROBE, ProbeTrack, SpeedProbe, compositions
 from runtime.sim.cost_model import LinearCostModel
 from tests.conftest import compose_config
 
@@ -19,7 +19,7 @@ def probe():
 def test_level_is_the_median_ratio_of_measured_to_predicted(probe):
     flat = LinearCostModel(beta0=1e-3, beta1=0.0, beta2=0.0, beta3=0.0, beta4=0.0)
     result = probe(flat)
-    assert len(result.measured_s) == len(result.predicted_s) == len(PROBE) == len(labels())
+    assert len(result.measured_s) == len(result.predicted_s) == len(PROBE) == len(compositions())
     assert all(t > 0 for t in result.measured_s)
     assert result.predicted_s == pytest.approx([1e-3] * len(PROBE))
     assert result.level == pytest.approx(np.median(np.asarray(result.measured_s) / 1e-3))
@@ -61,8 +61,6 @@ def test_engine_overhead_is_not_part_of_a_probed_step(probe):
 
 
 def test_compositions_that_do_not_fit_the_model_are_left_out():
-    from runtime.live.probe import compositions
-
     assert len(compositions()) == len(PROBE) == len(compositions(2048))
     short = compositions(300)
     assert [c.label() for c in short] == ["1x~200", "4x~200", "12x~200", "128@0", "256@0 + 4x~200"]

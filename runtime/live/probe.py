@@ -53,10 +53,6 @@ class ProbeResult:
     wall_s: float  # how long the probe took
 
 
-def labels(max_len: int | None = None) -> list[str]:
-    return [c.label() for c in compositions(max_len)]
-
-
 def compositions(max_len: int | None = None) -> list[Composition]:
     """``PROBE`` as compositions; with ``max_len`` (the model's ``max_model_len``), those whose every sequence fits."""
     comps = [Composition(kind, "probe", list(chunks), list(decodes)) for kind, chunks, decodes in PROBE]
@@ -69,6 +65,11 @@ def predictions(cost_model, comps: list[Composition]) -> np.ndarray:
     """The cost model's noise-free time of each composition, without its engine overhead (not part of a step)."""
     overhead = float(getattr(cost_model, "engine_overhead_s", 0.0))
     return np.asarray([cost_model.predict_deterministic(c.chunks, c.decodes) - overhead for c in comps])
+
+
+def level(measured, predicted) -> float:
+    """The probe level: the median over the compositions of measured / predicted."""
+    return float(np.median(np.asarray(measured, dtype=float) / np.asarray(predicted, dtype=float)))
 
 
 def time_probe(profiler: Profiler, comps: list[Composition], *, repeats: int, settle: int, settle_s: float,
@@ -98,9 +99,8 @@ class SpeedProbe:
         measured = time_probe(self.profiler, self.comps, repeats=self.repeats, settle=self.settle,
                               settle_s=self.settle_s, rng=np.random.default_rng(self.seed))
         predicted = predictions(cost_model, self.comps)
-        level = float(np.median(np.asarray(measured) / predicted))
-        return ProbeResult(level=level, measured_s=tuple(measured), predicted_s=tuple(float(p) for p in predicted),
-                           wall_s=time.perf_counter() - t0)
+        return ProbeResult(level=level(measured, predicted), measured_s=tuple(measured),
+                           predicted_s=tuple(float(p) for p in predicted), wall_s=time.perf_counter() - t0)
 
 
 class ProbeTrack:
@@ -120,7 +120,7 @@ class ProbeTrack:
     def levels(self, cost_model) -> np.ndarray:
         """One level per sample: the median over the compositions of measured / predicted."""
         predicted = predictions(cost_model, self.comps)
-        return np.asarray([np.median(np.asarray(times) / predicted) for times in self.samples])
+        return np.asarray([level(times, predicted) for times in self.samples])
 
     def summary(self, cost_model) -> dict:
         """``probe_level``, ``probe_spread_pct`` and ``num_probes`` for the YAML's ``fit_error``."""
