@@ -136,7 +136,7 @@ def build(cfg: DictConfig, *, noise_seed: int | None = None) -> dict:
     if live:
         # Partial, then called: Hydra would turn the dataclass arguments (ModelSpec, MemoryPlan) into DictConfigs.
         executor = instantiate_node(cfg.runtime, _partial_=True)(model=model, block_manager=block_manager,
-                                                             memory_plan=memory_plan)
+                                                                 memory_plan=memory_plan)
     else:
         executor = instantiate_node(cfg.runtime, cost_model=cost_model, kv_transfer=kv_transfer)
     return dict(model=model, hardware=hardware, cost_model=cost_model, slo_classes=slo_classes, slo_refs=slo_refs,
