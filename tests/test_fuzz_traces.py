@@ -172,6 +172,7 @@ FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_to
 @example(data=b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16T18:15:46+01:00,1,1\n2023-11-16 18:15:47,1,1\n")
 @example(data=b"TIMESTAMP,ContextTokens,GeneratedTokens\n9999-12-31 23:59:59,1,1\n0001-01-01 00:00:00,1,1\n")
 @example(data=b"TIMESTAMP,ContextTokens,GeneratedTokens\n-1e308,1,1\n1e308,1,1\n")
+@example(data=b"TIMESTAMP,ContextTokens, ContextTokens,GeneratedTokens\n0,1,1,1\n")  # a column named twice
 @given(data=azure_files())
 def test_azure_reader_loads_or_raises_workload_error(data):
     frame = _load(read_azure_trace, data)
@@ -189,6 +190,7 @@ def test_azure_reader_loads_or_raises_workload_error(data):
 @FUZZ
 @example(data=b"\xef\xbb\xbfnum_prefill_tokens,num_decode_tokens\n1,1\n")
 @example(data=b"num_prefill_tokens,num_decode_tokens\n2147483648,1\n")
+@example(data=b"num_prefill_tokens, num_decode_tokens ,num_total_tokens,pd_ratio,num_decode_tokens\n1,1,1,1,1\n")
 @given(data=length_files())
 def test_length_reader_loads_or_raises_workload_error(data):
     frame = _load(read_length_trace, data)

@@ -13,6 +13,7 @@ and prompts are in [1, 2^31] and arrival times never decrease.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,13 @@ def _read_csv(path: Path, *, required: list[str]) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise WorkloadError(f"{path}: not a readable CSV file: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
+    # A required column named twice leaves no way to tell which one is meant. pandas renames an exact repeat to
+    # "<name>.1"; one that differs only in spaces is caught after the strip above.
+    repeated = [c for c in required if list(raw.columns).count(c) > 1
+                or any(re.fullmatch(rf"{re.escape(c)}\.\d+", str(other)) for other in raw.columns)]
+    if repeated:
+        raise WorkloadError(f"{path}: header (line 1): column(s) {repeated} appear more than once; found "
+                            f"{list(raw.columns)}")
     missing = [c for c in required if c not in raw.columns]
     if missing:
         raise WorkloadError(

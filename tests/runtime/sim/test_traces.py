@@ -54,6 +54,7 @@ def test_read_length_trace_ignores_extra_columns(tmp_path):
         ("", "file is empty"),
         (AZURE_HEADER, "no data rows"),
         ("TIMESTAMP,ContextTokens\n2023-11-16 18:15:46,3\n", "line 1.*missing column.*GeneratedTokens"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens, TIMESTAMP\n0,3,4,1\n", r"\['TIMESTAMP'\] appear more than once"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,4\n2023-11-16 18:15:47,abc,4\n", "data row 2 .*ContextTokens.*non-numeric value 'abc'"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,4\n2023-11-16 18:15:47,3,\n", "data row 2 .*GeneratedTokens.*missing value"),
         (AZURE_HEADER + "2023-11-16 18:15:46,3,NaN\n", "data row 1 .*GeneratedTokens.*missing value \\('NaN'\\)"),
@@ -85,6 +86,11 @@ def test_malformed_azure_trace(tmp_path, text, match):
     ("text", "match"),
     [
         ("num_prefill_tokens\n3\n", "missing column.*num_decode_tokens"),
+        # Found by the trace fuzzer: a column named twice, once with spaces (it crashed with an AttributeError).
+        ("num_prefill_tokens, num_decode_tokens ,num_decode_tokens\n1,1,1\n",
+         r"line 1\): column\(s\) \['num_decode_tokens'\] appear more than once"),
+        ("num_prefill_tokens,num_decode_tokens,num_decode_tokens\n1,1,2\n",
+         r"column\(s\) \['num_decode_tokens'\] appear more than once"),
         (LENGTH_HEADER + "3,x,3,1\n", "data row 1 .*num_decode_tokens.*non-numeric"),
         (LENGTH_HEADER + "-3,4,1,1\n", "num_prefill_tokens.*prompt length"),
         (LENGTH_HEADER + "3,0,3,1\n", "num_decode_tokens.*output length"),
