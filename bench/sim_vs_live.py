@@ -163,6 +163,16 @@ def replay(rows: list[dict], cost_model) -> pd.DataFrame:
     return frame
 
 
+def scaled_mape(steps: pd.DataFrame, factor) -> float:
+    """Replay MAPE (%) with every prediction multiplied by ``factor`` (a number, or one per step)."""
+    return float(((steps.predicted_s * factor - steps.measured_s).abs() / steps.measured_s).mean() * 100)
+
+
+def within_tolerance(rels) -> bool:
+    """Every relative difference finite and within ``METRIC_TOL``."""
+    return all(np.isfinite(r) and abs(r) <= METRIC_TOL for r in rels)
+
+
 def _rel(sim, live) -> float:
     if sim is None or live is None or not np.isfinite([sim, live]).all() or live == 0:
         return math.nan
@@ -185,19 +195,17 @@ def compare(live: dict, sim: dict, steps: pd.DataFrame, probed: dict | None = No
         row[f"{key}_rel"] = _rel(sim.get(key), live.get(key))
     row["iter_ok"] = row["iter_mape_pct"] < MAPE_TARGET
     rels = [row[f"{k}_rel"] for k, _ in METRICS]
-    row["metrics_ok"] = all(np.isfinite(r) and abs(r) <= METRIC_TOL for r in rels)
+    row["metrics_ok"] = within_tolerance(rels)
     if probed:
         factor = probed["probe_factor"]
         row.update({k: probed[k] for k in ("probe_level_before", "probe_level_after", "probe_level", "probe_reference",
                                            "probe_factor", "probe_wall_s")})
-        row["probe_mape_pct"] = float(((steps.predicted_s * factor - steps.measured_s).abs() / steps.measured_s).mean()
-                                      * 100)
+        row["probe_mape_pct"] = scaled_mape(steps, factor)
         for key, _ in METRICS:
             row[f"{key}_sim_probe"] = probed["sim_probe"].get(key)
             row[f"{key}_rel_probe"] = _rel(probed["sim_probe"].get(key), live.get(key))
         row["probe_iter_ok"] = row["probe_mape_pct"] < MAPE_TARGET
-        row["probe_metrics_ok"] = all(np.isfinite(row[f"{k}_rel_probe"]) and abs(row[f"{k}_rel_probe"]) <= METRIC_TOL
-                                      for k, _ in METRICS)
+        row["probe_metrics_ok"] = within_tolerance([row[f"{k}_rel_probe"] for k, _ in METRICS])
     return row
 
 
@@ -267,8 +275,7 @@ def with_level(comp: pd.DataFrame, iters: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (sched, rate), g in iters.groupby(["scheduler", "rate"], sort=False):
         level = float((g.measured_s / g.predicted_s).median())
-        ape = ((g.predicted_s * level - g.measured_s).abs() / g.measured_s * 100).mean()
-        rows.append(dict(scheduler=sched, rate=rate, level=level, level_mape_pct=float(ape)))
+        rows.append(dict(scheduler=sched, rate=rate, level=level, level_mape_pct=scaled_mape(g, level)))
     return comp.drop(columns=["level", "level_mape_pct"], errors="ignore").merge(
         pd.DataFrame(rows), on=["scheduler", "rate"], how="left")
 
@@ -475,7 +482,7 @@ def probe_note(comp: pd.DataFrame, iters: pd.DataFrame, fit_error: dict | None =
     comp = _with_factor(comp)
     factors = iters.merge(comp[["scheduler", "rate", "probe_factor"]], on=["scheduler", "rate"],
                           how="left").probe_factor
-    mape = float(((iters.predicted_s * factors - iters.measured_s).abs() / iters.measured_s).mean() * 100)
+    mape = scaled_mape(iters, factors.to_numpy())
     probes = comp[["probe_level_before", "probe_level_after"]].to_numpy().ravel()
     n_ok = int((comp.probe_iter_ok & comp.probe_metrics_ok).sum())
     rels = comp[[f"{k}_rel_probe" for k, _ in METRICS]].abs().to_numpy()

@@ -12,8 +12,9 @@ run; ``repeats`` rounds in a seeded random order) and reports
 
 with ``T̂`` the cost model's noise-free prediction. The level of the probe right after the profile is the fit's own
 residual at these batches (a few per cent); a level that moved by 20 % since is the machine. Scaling a simulation's
-step times by the probe's level (``bench/sim_vs_live.py``) then compares the cost model's shape with the live run,
-the speed taken from a measurement made outside the run (unlike ``with_level``, which takes it from the run).
+step times by the probe level over the profile's (the probe factor, ``bench/sim_vs_live.py``) then compares the cost
+model's shape with the live run, the speed taken from a measurement made outside the run (unlike ``with_level``,
+which takes it from the run).
 
 ``accelgen-profile`` takes the same probe on its own executor after every timed round and every served run
 (``ProbeTrack``) and writes, in the YAML's ``fit_error``, ``probe_level`` (the median level against the fit: the
@@ -89,7 +90,7 @@ class SpeedProbe:
     def __init__(self, cfg: DictConfig, model, *, repeats: int = 5, settle: int = 1, settle_s: float = 0.05,
                  seed: int = 0) -> None:
         self.comps = compositions(int(model.max_model_len))
-        self.profiler = Profiler(cfg, model, max(c.kv_tokens + 16 * c.num_seqs for c in self.comps))
+        self.profiler = Profiler(cfg, model, self.comps)
         self.repeats, self.settle, self.settle_s, self.seed = repeats, settle, settle_s, seed
 
     def __call__(self, cost_model) -> ProbeResult:

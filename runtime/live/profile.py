@@ -277,11 +277,12 @@ def fit_linear(n: np.ndarray, work: np.ndarray, sum_ctx: np.ndarray, seqs: np.nd
 
 
 class Profiler:
-    """A ``LiveExecutor`` with a ``BlockManager`` big enough for every composition, and the timing loop."""
+    """A ``LiveExecutor`` with a ``BlockManager`` big enough for every one of ``comps``, and the timing loop."""
 
-    def __init__(self, cfg: DictConfig, model, num_tokens: int) -> None:
+    def __init__(self, cfg: DictConfig, model, comps: list[Composition]) -> None:
         from runtime.cli import instantiate_node, live_memory_plan
 
+        num_tokens = max(c.kv_tokens + 16 * c.num_seqs for c in comps)
         block_size = int(cfg.kv.block_size)
         cfg = cfg.copy()
         with open_dict(cfg):
@@ -524,7 +525,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
     train = grid_compositions(max_len, opts["grid"], opts["seed"])
     heldout = heldout_compositions(max_len, opts["heldout"], opts["seed"])
     comps = train + heldout
-    profiler = Profiler(cfg, model, max(c.kv_tokens + 16 * c.num_seqs for c in comps))
+    profiler = Profiler(cfg, model, comps)
     threads = torch.get_num_threads()
     from runtime.live.probe import ProbeTrack  # it builds on this module
 
