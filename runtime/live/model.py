@@ -13,6 +13,16 @@ Shapes (``T`` tokens in the step, ``d`` hidden, ``H`` query heads, ``H_kv`` KV h
         h   = h + W_down(SiLU(W_gate b) ⊙ W_up b),  b = RMSNorm(h)   # post_attention_layernorm
     logits = RMSNorm(h_s) W_lmᵀ   only for the rows s that sample
 
+On one CPU thread, a step that samples 4 to 12 rows computes the LM head in vocabulary blocks of
+``LM_HEAD_BLOCK_BYTES`` of ``W_lm`` (a block stays in L2 while every row uses it). Why: for so few rows the BLAS
+sweeps the whole ``W_lm`` once per three rows, and from 13 rows on it packs it instead, so a decode step of 4–12
+sequences cost a whole weight read per three of them (llama_15m, whose LM head is 9.2M of its 14.5M weights: 19.4
+ms for 12 decodes, 17.1 ms for 13), a staircase no cost model of the step's token counts follows. In blocks,
+``W_lm`` is read from memory once: 12 decodes take 14.8 ms, and the step time grows by about the same amount per
+row from 1 to 12. Outside that window, and with more threads (where each block's parallel region costs more than
+it saves), the one GEMM is as fast or faster (``bench/live_lm_head.py``; BENCHMARKS.md, "The LM head
+staircase"). Every logit is one dot product over ``d`` either way; only the kernel's summation order differs.
+
 Each query head ``j`` reads KV head ``j // (H / H_kv)`` (grouped-query attention). The mask ``M_r`` lets query
 ``i`` of a chunk that starts at position ``q0`` see keys ``0 .. q0 + i``: a whole prefill (``q0 = 0``) is plain
 causal attention, a later chunk sees every earlier chunk through the cache, and a decode sees its whole context.
@@ -31,6 +41,11 @@ from torch import nn
 from runtime.live.batch import StepBatch
 from runtime.live.kv_cache import PagedKVCache
 from runtime.sim.specs import ModelSpec
+
+#: Sampled rows for which one CPU thread computes the LM head in vocabulary blocks (module docstring).
+LM_HEAD_BLOCKED_ROWS = range(4, 13)
+#: Bytes of ``W_lm`` per vocabulary block: a quarter of a 2 MiB L2 (448 rows of llama_15m in fp32).
+LM_HEAD_BLOCK_BYTES = 512 * 1024
 
 
 class RMSNorm(nn.Module):
@@ -170,9 +185,25 @@ class LlamaForCausalLM(nn.Module):
         return h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.model.norm(hidden)).float()
+        x = self.model.norm(hidden)
+        if x.shape[0] in LM_HEAD_BLOCKED_ROWS and x.device.type == "cpu" and torch.get_num_threads() == 1:
+            return vocab_blocked_linear(x, self.lm_head.weight, lm_head_block_rows(x.shape[1], x.element_size()))
+        return self.lm_head(x).float()
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch, cache: PagedKVCache) -> torch.Tensor:
         hidden = self.hidden_states(batch, cache)
         return self.logits(hidden[batch.sample_indices])
+
+
+def lm_head_block_rows(hidden_size: int, element_size: int) -> int:
+    """Rows of ``W_lm`` per vocabulary block: ``LM_HEAD_BLOCK_BYTES`` of them, a multiple of 64, at least 64."""
+    return max(64, LM_HEAD_BLOCK_BYTES // (hidden_size * element_size) // 64 * 64)
+
+
+def vocab_blocked_linear(x: torch.Tensor, weight: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """``x Wᵀ`` in fp32, computed ``block_rows`` rows of ``W`` (vocabulary entries) at a time."""
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    for start in range(0, weight.shape[0], block_rows):
+        out[:, start:start + block_rows] = F.linear(x, weight[start:start + block_rows])
+    return out

@@ -62,7 +62,8 @@ Fit. With ``N = Σ_P c + D``, ``W = Σ_P c·(q + c/2)``, ``S = Σ_D ctx`` and ``
 training MAPE wins (``fit.py``'s grid search). Weights: ``w = profile.small_batch_weight`` (default 4) for
 decode-only batches of at most 3 decodes, 1 for the rest. Why: on this CPU the LM head's GEMM (vocab × d, one row
 per sampled token) costs a staircase in the number of rows (llama_15m, 1 thread: 1.3 ms for 1-3 rows, 2.6 ms for
-4-6, 3.9 ms for 8), which no linear form follows; unweighted, the fit splits the difference and over-predicts the
+4-6, 3.9 ms for 8; on one thread the model now computes 4-12 rows in vocabulary blocks, which smooths it,
+``runtime.live.model``), which no linear form follows; unweighted, the fit splits the difference and over-predicts the
 1-3 decode steps by ~20%, while those are most of a serving run's steps (75% of the live steps of
 ``bench/sim_vs_live.py``). ``small_batch_weight=1`` gives the plain fit. The held-out ``fit_error`` stays
 unweighted. ``engine_overhead_s`` is 0 by default: ``step_time`` already holds the executor's host work (input
@@ -386,15 +387,21 @@ def _check_device(device: torch.device, hardware) -> None:
                           "use hardware=cpu (runtime=live's default) or runtime.device=cuda")
 
 
-def _fit(rows: pd.DataFrame, opts: dict) -> Fit:
-    """``fit_linear`` over grid and served rows; small decode-only grid batches weighted (module docstring)."""
+def fit_weights(rows: pd.DataFrame, opts: dict) -> np.ndarray:
+    """Each fitted row's weight: small decode-only grid batches ×``small_batch_weight``; with served steps, each
+    grid composition counts as ``serve_grid_weight`` of them (module docstring). ``rows``: grid and served only."""
     grid = (rows.split == "train").to_numpy()
     small = grid & ((rows.kind == "decode") & (rows.num_decodes <= SMALL_BATCH)).to_numpy()
     weights = np.where(small, float(opts["small_batch_weight"]), 1.0)
-    if (~grid).any():  # with served steps: each grid composition counts as serve_grid_weight of them
+    if (~grid).any():
         weights = np.where(grid, weights * float(opts["serve_grid_weight"]), 1.0)
+    return weights
+
+
+def _fit(rows: pd.DataFrame, opts: dict) -> Fit:
+    """``fit_linear`` over grid and served rows, weighted by ``fit_weights``."""
     return fit_linear(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, rows.time_s,
-                      weights=weights)
+                      weights=fit_weights(rows, opts))
 
 
 def _payload(name: str, fit: Fit, opts: dict, source: str) -> dict:

@@ -72,6 +72,52 @@ def test_mixed_batch_matches_hf(sequences, spec_name, max_decode_gather):
     assert any(t != list(range(t[0], t[0] + len(t))) for t in bm.tables.values())
 
 
+@pytest.mark.parametrize("spec_name", ["llama_15m", "gqa_tied"])
+def test_one_thread_vocab_blocked_lm_head_matches_hf(sequences, spec_name, monkeypatch):
+    """On one CPU thread, steps sampling 4–12 rows take the vocabulary-blocked LM head: same logits as HF."""
+    import runtime.live.model as model_module
+
+    blocked_rows = []
+
+    def counting(x, weight, block_rows):
+        blocked_rows.append(x.shape[0])
+        return vocab_blocked(x, weight, block_rows)
+
+    vocab_blocked = model_module.vocab_blocked_linear
+    monkeypatch.setattr(model_module, "vocab_blocked_linear", counting)
+    monkeypatch.setattr(model_module, "LM_HEAD_BLOCK_BYTES", 4096)  # several blocks even for the tiny vocabulary
+    toks, refs = sequences(spec_name)
+    model, _ = twin_pair(SPECS[spec_name])
+    seqs = fixed_scenario(toks)
+    bm = BlockManager(num_blocks=64, block_size=16, watermark=0.0)
+
+    def allocate(seq, n):
+        assert bm.allocate_slots(seq.req_id, n)
+        seq.table = bm.block_table(seq.req_id)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compared = run_scenario(PagedRunner(model, num_blocks=64, block_size=16), seqs, refs, FP32_REL_TOL,
+                                allocate=allocate)
+    finally:
+        torch.set_num_threads(threads)
+    assert compared == sum(s.total for s in seqs)
+    assert blocked_rows and all(r in model_module.LM_HEAD_BLOCKED_ROWS for r in blocked_rows)
+
+
+def test_vocab_blocked_linear_is_the_gemm_block_by_block():
+    from runtime.live.model import lm_head_block_rows, vocab_blocked_linear
+
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(7, 48, generator=gen), torch.randn(1000, 48, generator=gen)
+    for rows in (64, 333, 1000, 4096):  # uneven last block, one block, a block past the end
+        torch.testing.assert_close(vocab_blocked_linear(x, weight, rows), x @ weight.T, rtol=1e-5, atol=1e-5)
+    assert vocab_blocked_linear(x.bfloat16(), weight.bfloat16(), 64).dtype == torch.float32
+    assert lm_head_block_rows(288, 4) == 448          # llama_15m in fp32: 512 KiB of W_lm per block
+    assert lm_head_block_rows(4096, 2) == 64           # never fewer than 64 rows
+
+
 def test_tied_gqa_spec_and_twin_agree():
     """The GQA + tied variants really are tied in both models, and the norms under test are not all ones."""
     for spec in (LLAMA_15M, GQA_TIED):

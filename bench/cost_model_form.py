@@ -1,0 +1,152 @@
+"""Would another cost-model form follow the live runtime better? Refit stored measurements, replay stored live steps.
+
+    .venv/bin/python bench/cost_model_form.py bench/results/sim_vs_live_1thread_f
+    .venv/bin/python bench/cost_model_form.py --measurements P/measurements.csv --iterations B/iterations.parquet
+
+Offline: no model runs. The inputs are what ``accelgen-profile`` (``measurements.csv``: the grid, held-out and
+served steps it timed) and ``bench/sim_vs_live.py`` (``iterations.parquet``: every live step of the comparison,
+measured) wrote; a directory holding both can be given alone. Two forms are fitted on the same rows with the
+profiler's weights (``runtime.live.profile.fit_weights``):
+
+* ``linear``: the simulator's form, ``β0 + β1·max(N, n_knee) + β2·Σc(q + c/2) + β3·Σctx + β4·|B|``, fitted by
+  ``runtime.live.profile.fit_linear`` exactly as the profiler does (its train MAPE is the YAML's);
+* ``linear + β5·min(|B|, s_knee)``: one concave term more, so the first ``s_knee`` sequences of a step cost
+  ``β4 + β5`` each and later ones ``β4``; NNLS for every ``s_knee`` in ``2..--max-s-knee`` (``n_knee`` kept from
+  the linear fit), the best weighted MAPE wins. On CPU the LM head's GEMM costs less per sampled row as rows are
+  added (``bench/live_lm_head.py``), which the linear form cannot follow. Not in the simulator: a concave term
+  would need a binary per step in the Oracle's MILP.
+
+Reported per form: the weighted train MAPE, the held-out MAPE, the replay MAPE of the live steps (all, and per
+arrival rate), and for decode-only live steps the median of measured / predicted by number of decodes.
+Outputs in ``--out`` (default: the first input's directory): ``form.md``, ``form.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runtime.live.profile import DEFAULTS, fit_linear, fit_weights  # noqa: E402
+
+#: Decode-only batch sizes reported together (right-closed bins).
+BINS = (0, 1, 3, 6, 9, 12, 16, 10**6)
+
+
+def columns(n, work, sum_ctx, seqs, n_knee: float, s_knee: int) -> np.ndarray:
+    """The design matrix of the form: the linear columns, plus ``min(|B|, s_knee)`` when ``s_knee > 0``."""
+    n, work, sum_ctx, seqs = (np.asarray(a, dtype=float) for a in (n, work, sum_ctx, seqs))
+    cols = [np.ones_like(n), np.maximum(n, n_knee), work, sum_ctx, seqs]
+    if s_knee:
+        cols.append(np.minimum(seqs, s_knee))
+    return np.column_stack(cols)
+
+
+def fit_form(rows: pd.DataFrame, weights: np.ndarray, max_s_knee: int) -> dict:
+    """Both forms on ``rows`` (grid and served): coefficients, knees and weighted train MAPE."""
+    t = rows.time_s.to_numpy(dtype=float)
+    lin = fit_linear(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, t,
+                     weights=weights)
+    forms = {"linear": dict(beta=lin.beta, n_knee=lin.n_knee, s_knee=0, train=lin.train_mape)}
+    best = None
+    for s_knee in range(2, max_s_knee + 1):
+        x = columns(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, lin.n_knee, s_knee)
+        beta = nnls(x / t[:, None] * weights[:, None], weights)[0]
+        err = float(np.sum(np.abs(x @ beta - t) / t * weights) / np.sum(weights) * 100)
+        if best is None or err < best["train"] - 1e-12:
+            best = dict(beta=beta, n_knee=lin.n_knee, s_knee=s_knee, train=err)
+    forms["linear + β5·min(|B|, s_knee)"] = best
+    return forms
+
+
+def predict(form: dict, n, work, sum_ctx, seqs) -> np.ndarray:
+    return columns(n, work, sum_ctx, seqs, form["n_knee"], form["s_knee"]) @ form["beta"]
+
+
+def evaluate(forms: dict, measurements: pd.DataFrame, iterations: pd.DataFrame) -> pd.DataFrame:
+    held = measurements[measurements.split == "heldout"]
+    n_live = iterations.num_prefill_tokens + iterations.num_decodes
+    decode = (iterations.kind == "decode").to_numpy()
+    bins = pd.cut(iterations.num_decodes[decode], list(BINS))
+    out = []
+    for name, form in forms.items():
+        row = dict(form=name, s_knee=form["s_knee"], train_mape=form["train"])
+        row.update({f"beta{i}": float(b) for i, b in enumerate(form["beta"])})
+        if len(held):
+            p = predict(form, held.num_tokens, held.prefill_attn_work, held.sum_decode_ctx, held.num_seqs)
+            row["heldout_mape"] = float(np.mean(np.abs(p - held.time_s) / held.time_s) * 100)
+        pred = predict(form, n_live, iterations.prefill_attn_work, iterations.sum_decode_ctx, iterations.num_seqs)
+        ape = np.abs(pred - iterations.measured_s.to_numpy()) / iterations.measured_s.to_numpy() * 100
+        row["replay_mape"] = float(ape.mean())
+        for rate, group in pd.Series(ape).groupby(iterations.rate.to_numpy()):
+            row[f"replay_mape@{rate:g}"] = float(group.mean())
+        ratio = pd.Series(iterations.measured_s.to_numpy()[decode] / pred[decode])
+        for interval, group in ratio.groupby(bins.to_numpy(), observed=True):
+            row[f"decode {_label(interval)}"] = float(group.median())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _label(interval) -> str:
+    lo, hi = int(interval.left) + 1, int(interval.right)
+    return f"{lo}" if lo == hi else (f"{lo}+" if hi >= BINS[-1] else f"{lo}–{hi}")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    rates = [c for c in table.columns if c.startswith("replay_mape@")]
+    bins = [c for c in table.columns if c.startswith("decode ")]
+    head = ["form", "s_knee", "train MAPE", "held-out MAPE", "replay MAPE",
+            *(f"replay @ {c.split('@')[1]} req/s" for c in rates), *(f"{c} (live / pred.)" for c in bins)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for _, r in table.iterrows():
+        cells = [r.form, str(r.s_knee or "–"), f"{r.train_mape:.1f} %",
+                 f"{r.heldout_mape:.1f} %" if "heldout_mape" in r and pd.notna(r.heldout_mape) else "–",
+                 f"**{r.replay_mape:.1f} %**", *(f"{r[c]:.1f} %" for c in rates),
+                 *(f"×{r[c]:.2f}" if pd.notna(r[c]) else "–" for c in bins)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", nargs="?", type=Path, help="a directory with measurements.csv and iterations.parquet")
+    parser.add_argument("--measurements", type=Path, help="accelgen-profile's measurements.csv")
+    parser.add_argument("--iterations", type=Path, help="bench/sim_vs_live.py's iterations.parquet")
+    parser.add_argument("--small-batch-weight", type=float, default=DEFAULTS["small_batch_weight"])
+    parser.add_argument("--serve-grid-weight", type=float, default=DEFAULTS["serve_grid_weight"])
+    parser.add_argument("--max-s-knee", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    measurements_path = args.measurements or (args.dir / "measurements.csv" if args.dir else None)
+    iterations_path = args.iterations or (args.dir / "iterations.parquet" if args.dir else None)
+    if measurements_path is None or iterations_path is None:
+        parser.error("give a directory, or both --measurements and --iterations")
+    for path in (measurements_path, iterations_path):
+        if not path.is_file():
+            parser.error(f"{path} does not exist")
+    if args.max_s_knee < 2:
+        parser.error("--max-s-knee must be >= 2")
+    measurements = pd.read_csv(measurements_path)
+    iterations = pd.read_parquet(iterations_path)
+    rows = measurements[measurements.split.isin(["train", "serve"])].reset_index(drop=True)
+    opts = dict(small_batch_weight=args.small_batch_weight, serve_grid_weight=args.serve_grid_weight)
+    forms = fit_form(rows, fit_weights(rows, opts), args.max_s_knee)
+    table = evaluate(forms, measurements, iterations)
+    out = args.out or measurements_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(table)
+    table.to_csv(out / "form.csv", index=False)
+    (out / "form.md").write_text(text)
+    print(text)
+    return dict(table=table, forms=forms, markdown=text)
+
+
+if __name__ == "__main__":
+    main()
