@@ -15,13 +15,14 @@ Shapes (``T`` tokens in the step, ``d`` hidden, ``H`` query heads, ``H_kv`` KV h
 
 On one CPU thread, a step that samples 4 to 12 rows computes the LM head in vocabulary blocks of
 ``LM_HEAD_BLOCK_BYTES`` of ``W_lm`` (a block stays in L2 while every row uses it). Why: for so few rows the BLAS
-sweeps the whole ``W_lm`` once per three rows, and from 13 rows on it packs it instead, so a decode step of 4–12
-sequences cost a whole weight read per three of them (llama_15m, whose LM head is 9.2M of its 14.5M weights: 19.4
-ms for 12 decodes, 17.1 ms for 13), a staircase no cost model of the step's token counts follows. In blocks,
-``W_lm`` is read from memory once: 12 decodes take 14.8 ms, and the step time grows by about the same amount per
-row from 1 to 12. Outside that window, and with more threads (where each block's parallel region costs more than
-it saves), the one GEMM is as fast or faster (``bench/live_lm_head.py``; BENCHMARKS.md, "The LM head
-staircase"). Every logit is one dot product over ``d`` either way; only the kernel's summation order differs.
+behaves as if it swept the whole ``W_lm`` once per three rows (the step time jumps by one weight read at 4, 7 and
+10 rows), and from 13 rows on as if it packed it once, so a decode step of 4–12 sequences cost a weight read per
+three of them (llama_15m, whose LM head is 9.2M of its 14.5M weights: 18.1 ms for 12 decodes, 16.8 ms for
+13), a staircase no cost model of the step's token counts follows. In blocks, ``W_lm`` is read from memory once:
+12 decodes take 15.0 ms, and the step time grows by about the same amount per row from 1 to 12. Outside that
+window, and with more threads (where each block's parallel region costs more than it saves), the one GEMM is as
+fast or faster (``bench/live_lm_head.py``; BENCHMARKS.md, "The LM head staircase"). Every logit is one dot product
+over ``d`` either way; only the kernel's summation order differs.
 
 Each query head ``j`` reads KV head ``j // (H / H_kv)`` (grouped-query attention). The mask ``M_r`` lets query
 ``i`` of a chunk that starts at position ``q0`` see keys ``0 .. q0 + i``: a whole prefill (``q0 = 0``) is plain
