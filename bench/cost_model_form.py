@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import nnls
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from runtime.live.profile import DEFAULTS, fit_linear, fit_weights  # noqa: E402
+from runtime.live.profile import DEFAULTS, design, fit_linear, fit_weights, weighted_nnls  # noqa: E402
 
 #: Decode-only batch sizes reported together (right-closed bins).
 BINS = (0, 1, 3, 6, 9, 12, 16, 10**6)
@@ -43,10 +42,8 @@ BINS = (0, 1, 3, 6, 9, 12, 16, 10**6)
 def columns(n, work, sum_ctx, seqs, n_knee: float, s_knee: int) -> np.ndarray:
     """The design matrix of the form: the linear columns, plus ``min(|B|, s_knee)`` when ``s_knee > 0``."""
     n, work, sum_ctx, seqs = (np.asarray(a, dtype=float) for a in (n, work, sum_ctx, seqs))
-    cols = [np.ones_like(n), np.maximum(n, n_knee), work, sum_ctx, seqs]
-    if s_knee:
-        cols.append(np.minimum(seqs, s_knee))
-    return np.column_stack(cols)
+    x = design(n, work, sum_ctx, seqs, n_knee)
+    return np.column_stack([x, np.minimum(seqs, s_knee)]) if s_knee else x
 
 
 def fit_form(rows: pd.DataFrame, weights: np.ndarray, max_s_knee: int) -> dict:
@@ -58,8 +55,7 @@ def fit_form(rows: pd.DataFrame, weights: np.ndarray, max_s_knee: int) -> dict:
     best = None
     for s_knee in range(2, max_s_knee + 1):
         x = columns(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, lin.n_knee, s_knee)
-        beta = nnls(x / t[:, None] * weights[:, None], weights)[0]
-        err = float(np.sum(np.abs(x @ beta - t) / t * weights) / np.sum(weights) * 100)
+        beta, err = weighted_nnls(x, t, weights)
         if best is None or err < best["train"] - 1e-12:
             best = dict(beta=beta, n_knee=lin.n_knee, s_knee=s_knee, train=err)
     forms["linear + β5·min(|B|, s_knee)"] = best

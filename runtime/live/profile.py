@@ -57,8 +57,7 @@ Fit. With ``N = Σ_P c + D``, ``W = Σ_P c·(q + c/2)``, ``S = Σ_D ctx`` and ``
     T̂(B) = β0 + β1·max(N, n_knee) + β2·W + β3·S + β4·|B|
 
 ``β ≥ 0`` by non-negative least squares on rows divided by their measured time ``t`` (minimises
-``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``runtime.sim.fit._nnls_rel`` when every
-``w = 1``), for every ``n_knee`` in ``{0} ∪ {N of the grid, N ≤ 2048}``; the knee with the lowest (weighted)
+``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``weighted_nnls``), for every ``n_knee`` in ``{0} ∪ {N of the grid, N ≤ 2048}``; the knee with the lowest (weighted)
 training MAPE wins (``fit.py``'s grid search). Weights: ``w = profile.small_batch_weight`` (default 4) for
 decode-only batches of at most 3 decodes, 1 for the rest. Why: on this CPU the LM head's GEMM (vocab × d, one row
 per sampled token) costs a staircase in the number of rows (llama_15m, 1 thread: 1.3 ms for 1-3 rows, 2.6 ms for
@@ -109,7 +108,6 @@ from runtime.core.outputs import SchedulerOutput
 from runtime.core.run_log import atomic_write
 from runtime.live.device import cpu_name
 from runtime.sim.cost_model import LinearCostModel
-from runtime.sim.fit import _nnls_rel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_PATH = REPO_ROOT / "conf"
@@ -268,13 +266,21 @@ def fit_linear(n: np.ndarray, work: np.ndarray, sum_ctx: np.ndarray, seqs: np.nd
         raise ValueError("fit_linear needs at least 5 positive times and non-negative weights")
     best: Fit | None = None
     for knee in [0.0, *sorted(set(n[n <= knee_max].tolist()))]:
-        cols = [np.ones_like(n), np.maximum(n, knee), work, sum_ctx, seqs]
-        beta = _nnls_rel(cols, t) if weights is None else nnls(np.column_stack(cols) / t[:, None] * w[:, None], w)[0]
-        pred = np.column_stack(cols) @ beta
-        err = float(np.sum(np.abs(pred - t) / t * w) / np.sum(w) * 100)
+        beta, err = weighted_nnls(design(n, work, sum_ctx, seqs, knee), t, w)
         if best is None or err < best.train_mape - 1e-12:
             best = Fit(beta, float(knee), err)
     return best
+
+
+def design(n: np.ndarray, work: np.ndarray, sum_ctx: np.ndarray, seqs: np.ndarray, n_knee: float) -> np.ndarray:
+    """The linear form's columns, ``β0 .. β4`` in order, for compositions' features (float arrays)."""
+    return np.column_stack([np.ones_like(n), np.maximum(n, n_knee), work, sum_ctx, seqs])
+
+
+def weighted_nnls(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """``β ≥ 0`` minimising ``Σ w²·((xβ − t)/t)²``, and the weighted MAPE (%) it leaves."""
+    beta = nnls(x / t[:, None] * w[:, None], w)[0]
+    return beta, float(np.sum(np.abs(x @ beta - t) / t * w) / np.sum(w) * 100)
 
 
 class Profiler:
