@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.sizes, args.rounds, args.settle_s, args.context = "tiny", [1, 4, 13], 2, 0.0, 16
-    if any(n < 1 for n in args.sizes) or args.rounds < 1 or (args.block_rows or 1) < 1 or any(t < 1 for t in args.threads):
+    too_small = any(n < 1 for n in [*args.sizes, *args.threads, args.rounds])
+    if too_small or (args.block_rows is not None and args.block_rows < 1):
         parser.error("--sizes, --rounds, --block-rows and --threads must be >= 1")
     cost_model = instantiate(OmegaConf.load(args.cost_model_file)) if args.cost_model_file else None
     threads_before = torch.get_num_threads()

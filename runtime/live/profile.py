@@ -57,22 +57,22 @@ Fit. With ``N = Σ_P c + D``, ``W = Σ_P c·(q + c/2)``, ``S = Σ_D ctx`` and ``
     T̂(B) = β0 + β1·max(N, n_knee) + β2·W + β3·S + β4·|B|
 
 ``β ≥ 0`` by non-negative least squares on rows divided by their measured time ``t`` (minimises
-``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``weighted_nnls``), for every ``n_knee`` in ``{0} ∪ {N of the grid, N ≤ 2048}``; the knee with the lowest (weighted)
-training MAPE wins (``fit.py``'s grid search). Weights: ``w = profile.small_batch_weight`` (default 4) for
-decode-only batches of at most 3 decodes, 1 for the rest. Why: on this CPU the LM head's GEMM (vocab × d, one row
-per sampled token) costs a staircase in the number of rows (llama_15m, 1 thread: 1.3 ms for 1-3 rows, 2.6 ms for
-4-6, 3.9 ms for 8; on one thread the model now computes 4-12 rows in vocabulary blocks, which smooths it,
-``runtime.live.model``), which no linear form follows; unweighted, the fit splits the difference and over-predicts the
-1-3 decode steps by ~20%, while those are most of a serving run's steps (75% of the live steps of
-``bench/sim_vs_live.py``). ``small_batch_weight=1`` gives the plain fit. The held-out ``fit_error`` stays
-unweighted. ``engine_overhead_s`` is 0 by default: ``step_time`` already holds the executor's host work (input
-building, sampling, the per-sequence part of which is ``β4``), and the engine's own per-step work outside
-``execute`` (``scheduler.schedule``, ``update_from_output``, the iteration log) depends on the scheduler, so it is
-not fitted here; ``bench/sim_vs_live.py`` measures it per scheduler, and ``profile.engine_overhead_s`` writes a
-value in. ``fit_error`` is MAPE (%) on **held-out** compositions drawn independently of the grid (decode: ``D``
-log-uniform in 1 .. 64, contexts uniform in ``[16, 2m]`` for a log-uniform ``m``; prefill: 1 .. 4 chunks of
-log-uniform size at random offsets; mixed: budgets 128 .. 2048 with up to 64 decodes), per kind, overall and its
-95th percentile, plus the in-sample MAPE of the grid (``train``).
+``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``weighted_nnls``), for every ``n_knee`` in
+``{0} ∪ {N of the grid, N ≤ 2048}``; the knee with the lowest (weighted) training MAPE wins (``fit.py``'s grid
+search). Weights: ``w = profile.small_batch_weight`` (default 4) for decode-only batches of at most 3 decodes, 1
+for the rest. Why: on this CPU the LM head's GEMM (vocab × d, one row per sampled token) costs a staircase in the
+number of rows (llama_15m, 1 thread: 1.3 ms for 1-3 rows, 2.6 ms for 4-6, 3.9 ms for 8; on one thread the model
+now computes 4-12 rows in vocabulary blocks, which smooths it, ``runtime.live.model``), which no linear form
+follows; unweighted, the fit splits the difference and over-predicts the 1-3 decode steps by ~20%, while those
+are most of a serving run's steps (75% of the live steps of ``bench/sim_vs_live.py``). ``small_batch_weight=1``
+gives the plain fit. The held-out ``fit_error`` stays unweighted. ``engine_overhead_s`` is 0 by default:
+``step_time`` already holds the executor's host work (input building, sampling, the per-sequence part of which is
+``β4``), and the engine's own per-step work outside ``execute`` (``scheduler.schedule``, ``update_from_output``, the
+iteration log) depends on the scheduler, so it is not fitted here; ``bench/sim_vs_live.py`` measures it per
+scheduler, and ``profile.engine_overhead_s`` writes a value in. ``fit_error`` is MAPE (%) on **held-out**
+compositions drawn independently of the grid (decode: ``D`` log-uniform in 1 .. 64, contexts uniform in ``[16, 2m]``
+for a log-uniform ``m``; prefill: 1 .. 4 chunks of log-uniform size at random offsets; mixed: budgets 128 .. 2048
+with up to 64 decodes), per kind, overall and its 95th percentile, plus the in-sample MAPE of the grid (``train``).
 
 Served calibration (``profile.serve_rates=[2,8,24]``, how the shipped ``llama_15m_cpu.yaml`` is fitted). The grid
 times settled steps, but in serving a step often follows a differently shaped one and is then slower (above);

@@ -52,10 +52,8 @@ def fixed_scenario(toks) -> list[Seq]:
     ]
 
 
-@pytest.mark.parametrize("spec_name, max_decode_gather", [
-    ("tiny", 1 << 21), ("tiny", 1), ("tiny_theta_eps", 1 << 21), ("gqa_tied", 40), ("llama_15m", 1 << 21)])
-def test_mixed_batch_matches_hf(sequences, spec_name, max_decode_gather):
-    """Block tables grown step by step by the real BlockManager (interleaved ids across requests)."""
+def run_fixed_scenario(sequences, spec_name: str, max_decode_gather: int = 1 << 21) -> BlockManager:
+    """``fixed_scenario`` against HF, every row compared; tables grown step by step by a real BlockManager."""
     toks, refs = sequences(spec_name)
     model, _ = twin_pair(SPECS[spec_name])
     bm = BlockManager(num_blocks=64, block_size=16, watermark=0.0)
@@ -68,6 +66,14 @@ def test_mixed_batch_matches_hf(sequences, spec_name, max_decode_gather):
     runner = PagedRunner(model, num_blocks=64, block_size=16, max_decode_gather=max_decode_gather)
     compared = run_scenario(runner, seqs, refs, FP32_REL_TOL, allocate=allocate)
     assert compared == sum(s.total for s in seqs)
+    return bm
+
+
+@pytest.mark.parametrize("spec_name, max_decode_gather", [
+    ("tiny", 1 << 21), ("tiny", 1), ("tiny_theta_eps", 1 << 21), ("gqa_tied", 40), ("llama_15m", 1 << 21)])
+def test_mixed_batch_matches_hf(sequences, spec_name, max_decode_gather):
+    """Block tables grown step by step by the real BlockManager (interleaved ids across requests)."""
+    bm = run_fixed_scenario(sequences, spec_name, max_decode_gather)
     # The scenario did mix: BlockManager interleaved the requests' blocks.
     assert any(t != list(range(t[0], t[0] + len(t))) for t in bm.tables.values())
 
@@ -86,23 +92,12 @@ def test_one_thread_vocab_blocked_lm_head_matches_hf(sequences, spec_name, monke
     vocab_blocked = model_module.vocab_blocked_linear
     monkeypatch.setattr(model_module, "vocab_blocked_linear", counting)
     monkeypatch.setattr(model_module, "LM_HEAD_BLOCK_BYTES", 4096)  # several blocks even for the tiny vocabulary
-    toks, refs = sequences(spec_name)
-    model, _ = twin_pair(SPECS[spec_name])
-    seqs = fixed_scenario(toks)
-    bm = BlockManager(num_blocks=64, block_size=16, watermark=0.0)
-
-    def allocate(seq, n):
-        assert bm.allocate_slots(seq.req_id, n)
-        seq.table = bm.block_table(seq.req_id)
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        compared = run_scenario(PagedRunner(model, num_blocks=64, block_size=16), seqs, refs, FP32_REL_TOL,
-                                allocate=allocate)
+        run_fixed_scenario(sequences, spec_name)
     finally:
         torch.set_num_threads(threads)
-    assert compared == sum(s.total for s in seqs)
     assert blocked_rows and all(r in model_module.LM_HEAD_BLOCKED_ROWS for r in blocked_rows)
 
 
