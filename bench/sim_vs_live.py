@@ -42,6 +42,15 @@ during the run, the cost model used), ``table.md``; the plot (``--plot``, defaul
 ``docs/sim_vs_live.png``) and a BENCHMARKS.md-ready section (``--section``, default
 ``bench/results/sim_vs_live.md``). With a non-default ``--out``, the plot and section default into it.
 ``--render-only`` rebuilds table, plot and section from ``--out`` without running anything.
+
+``--resimulate DIR`` runs no model: it takes the live runs stored in ``DIR`` (an earlier ``--out``), replays their
+steps through the cost model given now and simulates each pair again, so a change of cost model or fit is judged
+on the very same live runs (the live runtime does not repeat itself to the targets' precision on a shared CPU).
+``--sensitivity F`` adds each simulated metric's elasticity to the step times (simulations with every step
+``1 ± F`` times as long): how far a metric moves per unit of step-time error, which near saturation is several.
+
+    .venv/bin/python bench/sim_vs_live.py --resimulate bench/results/sim_vs_live --cost-model-file NEW.yaml \
+        --out /tmp/resim --sensitivity 0.03
 """
 from __future__ import annotations
 
@@ -70,6 +79,7 @@ from runtime.core.recording import RecordingExecutor
 from runtime.core.run_log import atomic_write, write_json
 from runtime.live.device import cpu_name
 from runtime.live.probe import SpeedProbe
+from runtime.sim.settle import steps_since_prefill
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -147,8 +157,11 @@ def kind_of(chunks, decodes) -> str:
 
 
 def replay(rows: list[dict], cost_model) -> pd.DataFrame:
-    """Every recorded live step with its features and the cost model's prediction of its exact composition."""
+    """Every recorded live step with its features and the cost model's prediction of its exact composition, times
+    its settling factor where the cost model has one (``runtime.sim.settle``, as the simulator applies it)."""
     out = []
+    since = steps_since_prefill([bool(r["chunks"]) for r in rows])
+    settle = getattr(cost_model, "settle_factor", lambda k: 1.0)
     for i, r in enumerate(rows):
         chunks, decodes = r["chunks"], r["decodes"]
         out.append(dict(step=i, kind=kind_of(chunks, decodes), num_prefill_tokens=sum(c for c, _ in chunks),
@@ -157,10 +170,60 @@ def replay(rows: list[dict], cost_model) -> pd.DataFrame:
                         sum_decode_ctx=int(sum(decodes)), max_decode_ctx=max(decodes, default=0),
                         num_seqs=len(chunks) + len(decodes), measured_s=r["step_time"], swap_s=r["swap_time"],
                         recompute_tokens=r["recompute_tokens"], gap_s=r["gap_s"],
-                        predicted_s=cost_model.predict_deterministic(chunks, decodes)))
+                        since_prefill=int(since[i]),
+                        predicted_s=cost_model.predict_deterministic(chunks, decodes)
+                        * (settle(int(since[i])) if decodes and not chunks else 1.0)))
     frame = pd.DataFrame(out)
     frame["ape_pct"] = (frame.predicted_s - frame.measured_s).abs() / frame.measured_s * 100
     return frame
+
+
+def replay_stored(iters: pd.DataFrame, cost_model) -> pd.DataFrame:
+    """Stored live steps (``iterations.parquet``) replayed through another linear cost model, which needs only the
+    per-step features stored there; the settling factor follows each run's own step order."""
+    out = []
+    for _, g in iters.groupby(["scheduler", "rate"], sort=False):
+        g = g.sort_values("step").copy()
+        since = steps_since_prefill((g.num_prefill_tokens > 0).tolist())
+        decode_only = (g.num_prefill_tokens == 0).to_numpy() & (g.num_decodes > 0).to_numpy()
+        g["since_prefill"] = since
+        g["predicted_s"] = [
+            cost_model.predict_from_sums(num_prefill_tokens=int(r.num_prefill_tokens),
+                                         prefill_attn_work=float(r.prefill_attn_work), num_decodes=int(r.num_decodes),
+                                         sum_decode_ctx=int(r.sum_decode_ctx), num_seqs=int(r.num_seqs))
+            * (cost_model.settle_factor(int(k)) if d else 1.0)
+            for r, k, d in zip(g.itertuples(), since, decode_only)]
+        g["ape_pct"] = (g.predicted_s - g.measured_s).abs() / g.measured_s * 100
+        out.append(g)
+    return pd.concat(out, ignore_index=True)
+
+
+def resimulate(args, source: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The live runs stored in ``source`` against new simulations with ``args``' cost model: no model runs.
+
+    The workload (model, requests, seed, schedulers, rates) is the stored run's; returns runs, comparison and the
+    re-replayed steps. The probe columns are dropped (they belong to the stored cost model)."""
+    import json
+
+    meta = json.loads((source / "meta.json").read_text())
+    for key in ("model", "num_requests", "seed"):
+        setattr(args, key, meta[key])
+    stored = pd.read_csv(source / "runs.csv")
+    live_rows = stored[stored.runtime == "live"]
+    cfg = compose_cfg([f"model={args.model}", *([f"cost_model={args.cost_model}"] if args.cost_model_file is None
+                                                else [])], cost_model_file=args.cost_model_file)
+    iters = replay_stored(pd.read_parquet(source / "iterations.parquet"), instantiate(cfg.cost_model).deterministic())
+    runs, comps = [], []
+    for live in tqdm(live_rows.to_dict("records"), desc="re-simulate", unit="pair", disable=args.no_progress):
+        scheduler, rate = live["scheduler"], float(live["rate"])
+        sim = cli.run(compose_cfg([*common_overrides(args, scheduler, rate), *sim_overrides(live)],
+                                  cost_model_file=args.cost_model_file), None)
+        steps = iters[(iters.scheduler == scheduler) & (iters.rate == rate)]
+        runs += [live, dict(scheduler=scheduler, rate=rate, runtime="sim",
+                            **{k: sim.get(k) for k, _ in METRICS}, **{k: sim.get(k) for k in EXTRA})]
+        comps.append(dict(scheduler=scheduler, rate=rate, **compare(live, sim, steps),
+                          **(elasticities(args, scheduler, rate, live, sim) if args.sensitivity else {})))
+    return pd.DataFrame(runs), with_level(pd.DataFrame(comps), iters), iters
 
 
 def scaled_mape(steps: pd.DataFrame, factor) -> float:
@@ -209,6 +272,19 @@ def compare(live: dict, sim: dict, steps: pd.DataFrame, probed: dict | None = No
     return row
 
 
+def common_overrides(args, scheduler: str, rate: float) -> list[str]:
+    """The overrides the live run and the simulation share."""
+    return [f"model={args.model}", "workload=live_small", f"scheduler={scheduler}",
+            f"workload.arrival.rate={rate!r}", f"workload.num_requests={args.num_requests}", f"seed={args.seed}",
+            *([f"cost_model={args.cost_model}"] if args.cost_model_file is None else []), *args.override]
+
+
+def sim_overrides(live: dict) -> list[str]:
+    """The simulation's own overrides: the cost model's executor, and the live run's KV block counts."""
+    return ["runtime=sim", "hardware=cpu", f"kv.num_blocks={int(live['kv_num_blocks'])}",
+            f"kv.swap_blocks={int(live['kv_swap_blocks'])}"]
+
+
 def run_pair(args, scheduler: str, rate: float, keep: Path | None, progress: bool,
              probe: SpeedProbe | None = None) -> tuple[dict, dict, pd.DataFrame, dict]:
     """The live run, the simulation and the replayed steps; with ``probe``, also a dict of the probe's levels
@@ -216,9 +292,7 @@ def run_pair(args, scheduler: str, rate: float, keep: Path | None, progress: boo
     (``probe_level``), that over the profile's own probe level (``probe_factor``: the machine's speed now against
     during the profile; the level itself when the cost model has none) and the summary of the simulation with its
     step times scaled by that factor (``sim_probe``); empty without a probe."""
-    common = [f"model={args.model}", "workload=live_small", f"scheduler={scheduler}",
-              f"workload.arrival.rate={rate!r}", f"workload.num_requests={args.num_requests}", f"seed={args.seed}",
-              *([f"cost_model={args.cost_model}"] if args.cost_model_file is None else []), *args.override]
+    common = common_overrides(args, scheduler, rate)
     live_over = ["runtime=live", *([f"runtime.threads={args.threads}"] if args.threads else [])]
     cfg = compose_cfg([*common, *live_over], progress=progress, cost_model_file=args.cost_model_file)
     cost_model = instantiate(cfg.cost_model).deterministic()
@@ -229,8 +303,7 @@ def run_pair(args, scheduler: str, rate: float, keep: Path | None, progress: boo
         live = cli.run(cfg, keep / f"{scheduler}_{rate:g}_live" if keep else None)
     after = probe(cost_model) if probe is not None else None
     steps = replay(recorders[0].rows, cost_model)
-    sim_over = ["runtime=sim", "hardware=cpu", f"kv.num_blocks={live['kv_num_blocks']}",
-                f"kv.swap_blocks={live['kv_swap_blocks']}"]
+    sim_over = sim_overrides(live)
     sim = cli.run(compose_cfg([*common, *sim_over], cost_model_file=args.cost_model_file),
                   keep / f"{scheduler}_{rate:g}_sim" if keep else None)
     probed: dict = {}
@@ -298,6 +371,40 @@ def markdown_table(comp: pd.DataFrame) -> str:
         level = f"×{r.level:.2f} ({r.level_mape_pct:.1f} %)" if np.isfinite(d.get("level", math.nan)) else "–"
         lines.append(f"| {r.scheduler} | {r.rate:g} | {r.num_live_steps} | **{r.iter_mape_pct:.1f} %** ({per_kind}) | "
                      f"{level} | {r.engine_gap_median_ms:.2f} ms | " + " | ".join(cells) + f" | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+def elasticities(args, scheduler: str, rate: float, live: dict, sim: dict) -> dict:
+    """How much each simulated metric moves per unit of step-time error: the simulation with every step ``1 ± f``
+    times as long (``f = args.sensitivity``; schedulers keep the fitted model), as
+    ``(m(1 + f) − m(1 − f)) / (2f · m(1))`` with ``m(1)`` the plain simulation ``sim``. Near saturation a small
+    step error becomes a large metric error, so a metric with elasticity ``e`` can only be within 15 % where the
+    step times are within about ``15 % / e``."""
+    f, out = args.sensitivity, {}
+    summaries = {1.0: sim}
+    for scale in (1 - f, 1 + f):
+        with scaled_steps(scale):
+            summaries[scale] = cli.run(compose_cfg([*common_overrides(args, scheduler, rate), *sim_overrides(live)],
+                                                   cost_model_file=args.cost_model_file), None)
+    for key, _ in METRICS:
+        lo, mid, hi = (summaries[x].get(key) for x in (1 - f, 1.0, 1 + f))
+        ok = all(v is not None and np.isfinite(v) for v in (lo, mid, hi)) and mid != 0
+        out[f"{key}_elasticity"] = (hi - lo) / (2 * f * mid) if ok else math.nan
+    return out
+
+
+def sensitivity_table(comp: pd.DataFrame) -> str:
+    """Elasticities per pair (``elasticities``), empty without ``--sensitivity``."""
+    cols = [f"{k}_elasticity" for k, _ in METRICS]
+    if not set(cols) <= set(comp.columns):
+        return ""
+    head = "| scheduler | rate (req/s) | " + " | ".join(f"{label}" for _, label in METRICS) + " |"
+    lines = ["Elasticity of each simulated metric to the step times (`--sensitivity`: % change per % of step time):",
+             "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in comp.itertuples():
+        d = r._asdict()
+        lines.append(f"| {r.scheduler} | {r.rate:g} | " + " | ".join(
+            "–" if not np.isfinite(d[c]) else f"{d[c]:.1f}" for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -415,8 +522,8 @@ def machine() -> dict:
                 python=platform.python_version(), torch=torch.__version__, default_threads=torch.get_num_threads())
 
 
-def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame) -> str:
-    """The BENCHMARKS.md-ready section, from the run's meta.json and tables."""
+def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame, out: Path = DEFAULT_OUT) -> str:
+    """The BENCHMARKS.md-ready section, from the run's meta.json and tables (in ``out``)."""
     cm, m = meta["cost_model"], meta["machine"]
     e = cm.get("fit_error") or {}
     threads = meta["threads"] or m["default_threads"]
@@ -451,8 +558,13 @@ def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame) -> str:
         f"ns/context token, β4 {cm['beta4'] * 1e6:.1f} µs/sequence, engine_overhead_s "
         f"{cm.get('engine_overhead_s', 0):g}; held-out profile MAPE {e.get('iteration', math.nan):.1f} % (decode "
         f"{e.get('iteration_decode', math.nan):.1f}, prefill {e.get('iteration_prefill', math.nan):.1f}, mixed "
-        f"{e.get('iteration_mixed', math.nan):.1f}).",
+        f"{e.get('iteration_mixed', math.nan):.1f})"
+        + (f"; settling: a decode-only step k steps after a prefill takes ×(1 + {cm['settle_amplitude']:.3f}·"
+           f"{cm['settle_decay']:g}^k)." if cm.get("settle_amplitude") else "; no settling term."),
         "",
+        *([f"Re-simulated {meta['resimulated']} from the live runs stored in `{meta['resimulated_from']}` "
+           "(`--resimulate`: no model ran; the live columns are that run's).", ""]
+          if meta.get("resimulated_from") else []),
         markdown_table(comp),
         f"Over all {len(iters):,} live steps the replay MAPE is **{iters.ape_pct.mean():.1f} %** (p90 "
         f"{np.percentile(iters.ape_pct, 90):.1f} %, mean signed error {bias:+.1%}); {within} of {comp[rel_cols].size} "
@@ -463,14 +575,20 @@ def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame) -> str:
         "",
         history_note(iters),
         "",
-        probe_note(comp, iters, e),
+        *([probe_note(comp, iters, e)] if probe_note(comp, iters, e) else []),
+        *([sensitivity_table(comp), ""] if sensitivity_table(comp) else []),
         "![simulated vs live](docs/sim_vs_live.png)",
         "",
-        "Files: `bench/results/sim_vs_live/` (`comparison.csv`, `runs.csv`, `iterations.parquet`, `table.md`, "
-        "`meta.json`).",
+        f"Files: `{_shown(out)}/` (`comparison.csv`, `runs.csv`, `iterations.parquet`, `table.md`, `meta.json`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as BENCHMARKS.md cites files)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT.resolve())) if path.is_relative_to(REPO_ROOT.resolve()) else str(path)
 
 
 def probe_note(comp: pd.DataFrame, iters: pd.DataFrame, fit_error: dict | None = None) -> str:
@@ -502,7 +620,8 @@ def probe_note(comp: pd.DataFrame, iters: pd.DataFrame, fit_error: dict | None =
 
 
 def history_note(iters: pd.DataFrame) -> str:
-    """Signed error of decode-only steps by what ran just before them (the cost model has no history)."""
+    """Signed error of decode-only steps by what ran just before them; ``predicted_s`` includes the settling factor
+    where the cost model has one (``runtime.sim.settle``), so what is left here is what it does not capture."""
     prev = iters.groupby(["scheduler", "rate"], sort=False).kind.shift(1)
     dec = iters.kind == "decode"
     err = (iters.predicted_s - iters.measured_s) / iters.measured_s
@@ -512,9 +631,7 @@ def history_note(iters: pd.DataFrame) -> str:
     return (f"Decode-only steps that follow another decode-only step are predicted {after_dec.mean():+.1%} on average "
             f"({len(after_dec):,} steps), those right after a prefill or mixed step {after_other.mean():+.1%} "
             f"({len(after_other):,}): on this CPU a step right after a different one runs slower for several steps "
-            "(`runtime/live/profile.py`, settle), which a history-free cost model cannot express. The profile measures "
-            "the settled time, so wherever prefills and decodes alternate (the higher rates) the simulated steps, and "
-            "hence its TBT and TTFT, come out shorter than the live ones.")
+            "(`runtime/sim/settle.py`); the settling factor, where the cost model has one, is in these predictions.")
 
 
 def render(out: Path, plot_path: Path, section_path: Path) -> str:
@@ -527,9 +644,11 @@ def render(out: Path, plot_path: Path, section_path: Path) -> str:
     table = markdown_table(comp)
     if probe_table(comp):
         table += "\n" + probe_table(comp)
+    if sensitivity_table(comp):
+        table += "\n" + sensitivity_table(comp)
     atomic_write(out / "table.md", lambda p: p.write_text(table))
     plot(comp, iters, plot_path)
-    text = section(meta, comp, iters)
+    text = section(meta, comp, iters, out)
     section_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(section_path, lambda p: p.write_text(text))
     return table
@@ -557,8 +676,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="rebuild table.md, the plot and the section from --out without running anything")
     parser.add_argument("--no-probe", action="store_true",
                         help="skip the speed probe before and after each live run, and the sim@probe runs")
+    parser.add_argument("--resimulate", type=Path, metavar="DIR",
+                        help="re-simulate the live runs stored in DIR (an earlier --out) with this cost model and "
+                             "compare: no live run, no probe; writes to --out")
+    parser.add_argument("--sensitivity", type=float, default=0.0, metavar="F",
+                        help="also simulate each pair with every step 1±F times as long and report each metric's "
+                             "elasticity to the step times (e.g. 0.03; 0, the default, skips it)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.sensitivity < 1.0:
+        parser.error("--sensitivity must be in [0, 1)")
     base = QUICK if args.quick else FULL
     for key, value in base.items():
         if getattr(args, key) is None:
@@ -580,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     busy0, own0 = cpu_seconds()
     t0 = time.perf_counter()
 
+    if args.resimulate is not None:
+        return _main_resimulate(args, argv, started, t0, plot_path, section_path)
     probe = None
     if not args.no_probe:
         probe_cfg = compose_cfg([f"model={args.model}", "runtime=live", f"seed={args.seed}",
@@ -601,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                 row.update({k: summary.get(k) for k, _ in METRICS})
                 row.update({k: summary.get(k) for k in EXTRA})
                 runs.append(row)
-            comps.append(dict(scheduler=scheduler, rate=rate, **compare(live, sim, steps, probed)))
+            comps.append(dict(scheduler=scheduler, rate=rate, **compare(live, sim, steps, probed),
+                              **(elasticities(args, scheduler, rate, live, sim) if args.sensitivity else {})))
             probes += [dict(scheduler=scheduler, rate=rate, **row) for row in probed.get("probes", [])]
             iters.append(steps.assign(scheduler=scheduler, rate=rate))
             bar.update(1)
@@ -625,12 +755,39 @@ def main(argv: list[str] | None = None) -> int:
                 cost_model=OmegaConf.to_container(cfg.cost_model, resolve=True), num_requests=args.num_requests,
                 cost_model_file=str(args.cost_model_file) if args.cost_model_file else None,
                 seed=args.seed, threads=args.threads, schedulers=args.schedulers, rates=args.rates,
-                machine=machine())
+                sensitivity=args.sensitivity, machine=machine())
     write_json(args.out / "meta.json", meta)
     table = render(args.out, plot_path, section_path)
     print(table)
     print(f"replay MAPE over {len(iters_df)} live steps: {iters_df.ape_pct.mean():.1f} %; wrote {args.out}, "
           f"{plot_path}, {section_path}")
+    return 0
+
+
+def _main_resimulate(args, argv, started: str, t0: float, plot_path: Path, section_path: Path) -> int:
+    import json
+
+    source = args.resimulate
+    if source.resolve() == args.out.resolve():
+        print("sim_vs_live: --resimulate needs an --out other than the stored run's", file=sys.stderr)
+        return 2
+    runs_df, comp_df, iters_df = resimulate(args, source)
+    atomic_write(args.out / "runs.csv", lambda p: runs_df.to_csv(p, index=False))
+    atomic_write(args.out / "comparison.csv", lambda p: comp_df.to_csv(p, index=False))
+    atomic_write(args.out / "iterations.parquet", lambda p: iters_df.to_parquet(p, index=False))
+    cfg = compose_cfg([f"model={args.model}", f"cost_model={args.cost_model}"] if args.cost_model_file is None
+                      else [f"model={args.model}"], cost_model_file=args.cost_model_file)
+    meta = json.loads((source / "meta.json").read_text())
+    meta.update(resimulated_from=str(source), resimulated=started, resimulate_wall_s=time.perf_counter() - t0,
+                command=" ".join([".venv/bin/python bench/sim_vs_live.py",
+                                  *(argv if argv is not None else sys.argv[1:])]),
+                cost_model_name=args.cost_model, cost_model=OmegaConf.to_container(cfg.cost_model, resolve=True),
+                cost_model_file=str(args.cost_model_file) if args.cost_model_file else None,
+                sensitivity=args.sensitivity)
+    write_json(args.out / "meta.json", meta)
+    print(render(args.out, plot_path, section_path))
+    print(f"re-simulated {len(comp_df)} pairs of {source}; replay MAPE over {len(iters_df)} live steps: "
+          f"{iters_df.ape_pct.mean():.1f} %; wrote {args.out}")
     return 0
 
 

@@ -74,8 +74,10 @@ def _rules() -> dict[str, Rule]:
     rules.update({name: NON_NEGATIVE for name in (
         "auto_decode_context", "w_comp", "w_kv", "urgent_frac", "beta0", "beta1", "beta2", "beta3", "beta4",
         "engine_overhead_s", "per_seq_overhead_s", "n_knee", "noise_cv", "start_s", "num_requests",
-        "num_train_requests", "warmup_steps", "eps", "eta", "urgency_theta", "weight", "noise_sigma", "beta")})
-    rules.update(quantile=FRACTION, alpha=Rule(gt=0, lt=1), rate_window_s=POSITIVE, hoeffding_n=AT_LEAST_1)
+        "num_train_requests", "warmup_steps", "eps", "eta", "urgency_theta", "weight", "noise_sigma", "beta",
+        "settle_amplitude")})
+    rules.update(quantile=FRACTION, alpha=Rule(gt=0, lt=1), settle_decay=Rule(ge=0, lt=1), rate_window_s=POSITIVE,
+                 hoeffding_n=AT_LEAST_1)
     rules.update({name: OPEN_FRACTION for name in ("margin", "kv_headroom", "mip_gap", "c_done")})
     rules.update({name: SHARE for name in ("compute_efficiency", "memory_efficiency", "memory_utilization")})
     rules.update(

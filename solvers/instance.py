@@ -76,7 +76,11 @@ class OracleParams:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """The linear predictor's coefficients: ``T̂ = b0 + b1·max(N, n_knee) + b2·Σc(q + c/2) + b3·Σctx + b4·|B|``."""
+    """The linear predictor's coefficients: ``T̂ = b0 + b1·max(N, n_knee) + b2·Σc(q + c/2) + b3·Σctx + b4·|B|``.
+
+    A CPU profile's settling factor (``runtime.sim.settle``) is left out on purpose: it belongs to the machine's
+    recent history, not to the batch, so the Oracle plans with the settled ``T̂`` as every scheduler does, and the
+    simulated clock, like the live one, adds it."""
 
     b0: float
     b1: float

@@ -76,7 +76,8 @@ def test_form_bench_recovers_a_concave_truth_the_linear_form_misses(tmp_path):
     with load_bench("cost_model_form") as module:
         result = module.main([str(tmp_path), "--max-s-knee", "16"])
     table = result["table"].set_index("form")
-    linear, concave = table.iloc[0], table.iloc[1]
+    linear, concave = table.loc["linear"], table.loc["linear + β5·min(|B|, s_knee)"]
+    assert "linear + settling" not in table.index  # no served step carries its distance to a prefill
     assert concave.s_knee == 8
     assert concave.replay_mape < 0.1 and concave.heldout_mape < 0.1
     assert linear.replay_mape > 3 and linear["decode 4–6"] > 1.03  # the line falls short in the middle
@@ -91,3 +92,37 @@ def test_form_bench_needs_both_inputs(tmp_path):
             module.main(["--measurements", str(tmp_path / "measurements.csv")])
         with pytest.raises(SystemExit):
             module.main([str(tmp_path)])  # neither file exists
+
+
+def test_form_bench_recovers_a_settling_truth_from_served_ids_and_live_step_order(tmp_path):
+    """Served steps (ids ``<run>#<step>``, no ``since_prefill`` column: an older CSV) and live steps whose decodes
+    after a prefill are slower by ×(1 + 0.3·0.8^k)."""
+    from runtime.sim.settle import factors, steps_since_prefill
+
+    rng = np.random.default_rng(1)
+
+    def run(n: int) -> pd.DataFrame:
+        frame = synthetic(rng, n, "serve")
+        frame["time_s"] = (1e-3 + 1e-5 * frame.num_tokens + 1e-9 * frame.prefill_attn_work
+                           + 1e-7 * frame.sum_decode_ctx + 2e-4 * frame.num_seqs)
+        k = steps_since_prefill((frame.num_prefill_tokens > 0).tolist())
+        frame["time_s"] *= factors(k, (frame.num_prefill_tokens == 0).to_numpy(), 0.3, 0.8)
+        return frame
+
+    served = run(400)
+    served["id"] = [f"vllm@4#{i}" for i in range(len(served))]
+    grid = synthetic(rng, 60, "train")
+    grid["time_s"] = (1e-3 + 1e-5 * grid.num_tokens + 1e-9 * grid.prefill_attn_work + 1e-7 * grid.sum_decode_ctx
+                      + 2e-4 * grid.num_seqs)
+    grid["id"] = range(len(grid))
+    pd.concat([grid, served], ignore_index=True).to_csv(tmp_path / "measurements.csv", index=False)
+    live = run(300).rename(columns={"time_s": "measured_s"}).assign(scheduler="vllm", rate=8.0)
+    live["step"] = range(len(live))
+    live.to_parquet(tmp_path / "iterations.parquet")
+    with load_bench("cost_model_form") as module:
+        table = module.main([str(tmp_path), "--max-s-knee", "4"])["table"].set_index("form")
+    linear, settled = table.loc["linear"], table.loc["linear + settling"]
+    assert settled.settle_decay == 0.8 and settled.settle_amplitude == pytest.approx(0.3, abs=0.01)
+    assert settled.replay_mape < 0.5 < linear.replay_mape
+    assert linear["after k=0"] > 1.05 and settled["after k=0"] == pytest.approx(1.0, abs=0.01)
+    assert "linear + a·ρ^k seconds" in table.index

@@ -185,3 +185,67 @@ def test_scaled_steps_doubles_every_simulated_step_of_an_unchanged_schedule(benc
     assert cli.build.__name__ == "build" and cli.build.__module__ == "runtime.cli"  # restored
     assert [(r["chunks"], r["decodes"]) for r in rows[0]] == [(r["chunks"], r["decodes"]) for r in rows[1]]
     assert np.allclose([r["step_time"] for r in rows[1]], [2 * r["step_time"] for r in rows[0]])
+
+
+def _rows(pattern):
+    """Recorded live steps: ``p`` a prefill chunk of 64 with one decode, ``d`` two decodes."""
+    return [dict(chunks=[(64, 0)] if kind == "p" else [], decodes=[30] if kind == "p" else [40, 90],
+                 step_time=1e-3 * (i + 1), swap_time=0.0, recompute_tokens=0, gap_s=1e-5)
+            for i, kind in enumerate(pattern)]
+
+
+def test_replay_applies_the_settling_factor_and_the_stored_replay_agrees(bench):
+    from runtime.sim.cost_model import LinearCostModel
+
+    coefs = dict(beta0=1e-3, beta1=1e-5, beta2=1e-9, beta3=1e-8, beta4=1e-4)
+    plain, settled = LinearCostModel(**coefs), LinearCostModel(**coefs, settle_amplitude=0.5, settle_decay=0.5)
+    rows = _rows("ddpdddpd")
+    a, b = bench.replay(rows, plain), bench.replay(rows, settled)
+    assert list(b.since_prefill) == [-1, -1, -1, 0, 1, 2, 3, 0]
+    assert np.allclose(b.predicted_s / a.predicted_s, [1, 1, 1, 1.5, 1.25, 1.125, 1, 1.5])
+    # From the stored features alone (--resimulate), the same predictions.
+    stored = bench.replay_stored(b.assign(scheduler="vllm", rate=4.0), settled)
+    assert np.allclose(stored.predicted_s, b.predicted_s, rtol=1e-12)
+
+
+def test_resimulate_reproduces_the_stored_simulation_and_follows_a_new_cost_model(bench, quick_run, tmp_path):
+    same = tmp_path / "same"
+    assert bench.main(["--quick", "--no-progress", "--resimulate", str(quick_run), "--out", str(same)]) == 0
+    old, new = pd.read_csv(quick_run / "comparison.csv"), pd.read_csv(same / "comparison.csv")
+    for key, _ in bench.METRICS:
+        assert np.allclose(new[f"{key}_sim"], old[f"{key}_sim"], rtol=1e-12), key
+        assert np.allclose(new[f"{key}_live"], old[f"{key}_live"], rtol=1e-12), key
+    iters_old = pd.read_parquet(quick_run / "iterations.parquet")
+    iters_new = pd.read_parquet(same / "iterations.parquet")
+    assert np.allclose(iters_new.predicted_s, iters_old.predicted_s, rtol=1e-12)
+    assert list(pd.read_csv(same / "runs.csv").runtime) == ["live", "sim"] * 2
+    assert "Re-simulated" in (same / "sim_vs_live.md").read_text()
+
+    # A cost model with settling: decode steps after a prefill are slower, in the replay and in the simulation.
+    import yaml
+
+    cm = yaml.safe_load((REPO_ROOT / "conf" / "cost_model" / "tiny_cpu.yaml").read_text())
+    cm.update(settle_amplitude=0.5, settle_decay=0.9)
+    (tmp_path / "settled.yaml").write_text(yaml.safe_dump(cm))
+    slow = tmp_path / "slow"
+    assert bench.main(["--quick", "--no-progress", "--resimulate", str(quick_run), "--out", str(slow),
+                       "--cost-model-file", str(tmp_path / "settled.yaml")]) == 0
+    iters_slow = pd.read_parquet(slow / "iterations.parquet")
+    ratio = iters_slow.predicted_s.to_numpy() / iters_old.predicted_s.to_numpy()
+    after = (iters_slow.kind == "decode") & (iters_slow.since_prefill >= 0)
+    assert after.any() and (ratio[after] > 1).all() and np.allclose(ratio[~after], 1, rtol=1e-12)
+    assert (pd.read_csv(slow / "comparison.csv").tbt_p50_s_sim >= old.tbt_p50_s_sim).all()
+    # Never over the stored run itself.
+    assert bench.main(["--quick", "--resimulate", str(quick_run), "--out", str(quick_run)]) == 2
+
+
+def test_sensitivity_reports_each_metrics_elasticity_to_the_step_times(bench, quick_run, tmp_path):
+    out = tmp_path / "sens"
+    assert bench.main(["--quick", "--no-progress", "--resimulate", str(quick_run), "--out", str(out),
+                       "--sensitivity", "0.05"]) == 0
+    comp = pd.read_csv(out / "comparison.csv")
+    # Steps 5 % longer make every token gap longer: TBT moves with the step times, by about as much at light load.
+    assert (comp.tbt_p50_s_elasticity > 0.5).all() and (comp.ttft_p50_s_elasticity > 0).all()
+    assert "Elasticity of each simulated metric" in (out / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--resimulate", str(quick_run), "--out", str(out), "--sensitivity", "1.5"])

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from runtime.core.errors import ConfigError
 from runtime.live import profile
 from runtime.sim.cost_model import LinearCostModel
+from runtime.sim.settle import factors, steps_since_prefill
 from tests.conftest import REPO_ROOT, compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -188,7 +189,17 @@ def test_served_calibration_fits_on_the_steps_of_live_runs(served):
     m = instantiate(OmegaConf.load(out / "cm" / "tiny_cpu.yaml"))
     pred = (m.beta0 + m.beta1 * np.maximum(serve.num_tokens, m.n_knee) + m.beta2 * serve.prefill_attn_work
             + m.beta3 * serve.sum_decode_ctx + m.beta4 * serve.num_seqs)
+    # Decode-only served steps carry the settling factor of their distance to the last prefill.
+    for _, group in serve.groupby(runs):
+        since = steps_since_prefill((group.num_prefill_tokens > 0).tolist())
+        assert group.since_prefill.tolist() == since.tolist()
+    settle = [m.settle_factor(k) if p == 0 else 1.0 for k, p in zip(serve.since_prefill, serve.num_prefill_tokens)]
+    pred = pred * np.asarray(settle)
     assert np.mean(np.abs(pred - serve.time_s) / serve.time_s) * 100 == pytest.approx(errors["serve"], abs=1e-2)
+    assert raw["settle_amplitude"] >= 0 and 0 <= raw["settle_decay"] < 1
+    assert ("settling (runtime.sim.settle) fitted" in raw["source"]) == (raw["settle_amplitude"] > 0)
+    # The grid and held-out compositions are timed settled.
+    assert (frame.since_prefill[frame.split != "serve"] == -1).all()
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -198,8 +209,41 @@ def test_served_calibration_fits_on_the_steps_of_live_runs(served):
     ("serve_workload", "nope", "conf/workload/nope.yaml"),
     ("serve_requests", 0, "serve_requests"),
     ("serve_grid_weight", -1, "serve_grid_weight"),
+    ("fit_settle", "yes", "fit_settle"),
 ])
 def test_served_calibration_options_are_checked(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
         profile.run_profile(compose_config(["runtime=live", "model=tiny"]), None, out=str(tmp_path),
                             **{key: value})
+
+
+def test_fit_rows_fits_the_settling_on_served_steps_only():
+    """Grid rows timed settled and served runs whose decodes after a prefill are slower by 1 + 0.25·0.7^k."""
+    rng = np.random.default_rng(5)
+    beta = np.array([2e-3, 5e-5, 1e-8, 1e-6, 2e-4])
+    rows, has = [], []
+    for i in range(300):
+        prefill = i % 6 == 0
+        c, d = (int(rng.integers(32, 512)), int(rng.integers(0, 4))) if prefill else (0, int(rng.integers(1, 12)))
+        rows.append(dict(split="serve", kind="mixed" if prefill and d else ("prefill" if prefill else "decode"),
+                         num_tokens=c + d, num_prefill_tokens=c, num_decodes=d, prefill_attn_work=c * c / 2,
+                         sum_decode_ctx=d * 300, num_seqs=d + (1 if c else 0)))
+        has.append(prefill)
+    for d in (1, 2, 4, 8, 16):
+        rows.append(dict(split="train", kind="decode", num_tokens=d, num_prefill_tokens=0, num_decodes=d,
+                         prefill_attn_work=0.0, sum_decode_ctx=d * 300, num_seqs=d))
+        has.append(False)
+    frame = pd.DataFrame(rows)
+    frame["since_prefill"] = np.r_[steps_since_prefill(has[:300]), [-1] * 5]
+    x = profile.design(*(frame[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
+                                                             "num_seqs")), 0.0)
+    s = factors(frame.since_prefill.to_numpy(), (frame.num_prefill_tokens == 0).to_numpy(), 0.25, 0.7)
+    frame["time_s"] = x @ beta * s
+    opts = {**profile.DEFAULTS, "serve_rates": [1.0]}
+    fit = profile.fit_rows(frame, opts)
+    assert fit.settle_decay == 0.7 and fit.settle_amplitude == pytest.approx(0.25, abs=1e-3)
+    assert fit.train_mape < 0.1 and np.allclose(fit.beta, beta, rtol=1e-3)
+    # Off, or without the served steps' k: the history-free fit, which then misses by the settling.
+    for plain in (profile.fit_rows(frame, {**opts, "fit_settle": False}),
+                  profile.fit_rows(frame.drop(columns="since_prefill"), opts)):
+        assert plain.settle_amplitude == 0.0 and plain.train_mape > 1.0

@@ -23,6 +23,11 @@ NOTE(cost_model): noise models a *wrong predictor*: simulated time (the SimExecu
 ``predict_deterministic`` or, when it only knows the ``CostModel`` protocol, is handed ``deterministic()``,
 a noise-free twin with the same coefficients. Keeping the planner off the noisy object also keeps the
 executor's noise sequence independent of how many times a scheduler queries the model.
+
+Settling (``settle_amplitude`` ``a > 0``, ``settle_decay`` ``ρ``; ``runtime.sim.settle``). ``settle_factor(k)``
+is ``1 + a·ρ^k``, the slowdown of a decode-only step ``k`` decode-only steps after the last step with prefill
+tokens; ``SimExecutor`` applies it to simulated time only, so planners, like ``predict_deterministic``, see the
+settled ``T̂(B)``. ``a = 0`` (the default, and every GPU profile) is the history-free model.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ class LinearCostModel:
 
     __slots__ = (
         "beta0", "beta1", "beta2", "beta3", "beta4", "engine_overhead_s", "n_knee", "noise_cv", "seed",
-        "name", "source", "fit_error", "_const", "_sigma", "_mu", "_rng", "_noise", "_noise_pos",
+        "settle_amplitude", "settle_decay", "name", "source", "fit_error", "_const", "_sigma", "_mu", "_rng", "_noise",
+        "_noise_pos",
     )
 
     def __init__(
@@ -57,19 +63,25 @@ class LinearCostModel:
         n_knee: float = 0.0,
         noise_cv: float = 0.0,
         seed: int = 0,
+        settle_amplitude: float = 0.0,
+        settle_decay: float = 0.0,
         name: str = "",
         source: str = "",
         fit_error: dict[str, Any] | None = None,
     ) -> None:
         values = dict(beta0=beta0, beta1=beta1, beta2=beta2, beta3=beta3, beta4=beta4,
-                      engine_overhead_s=engine_overhead_s, n_knee=n_knee, noise_cv=noise_cv)
+                      engine_overhead_s=engine_overhead_s, n_knee=n_knee, noise_cv=noise_cv,
+                      settle_amplitude=settle_amplitude, settle_decay=settle_decay)
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"cost_model.{key} must be a finite number >= 0, got {value!r}")
+        if settle_decay >= 1:
+            raise ConfigError(f"cost_model.settle_decay must be below 1 (the slowdown must fade), got {settle_decay!r}")
         self.beta0, self.beta1, self.beta2 = float(beta0), float(beta1), float(beta2)
         self.beta3, self.beta4 = float(beta3), float(beta4)
         self.engine_overhead_s, self.n_knee, self.noise_cv = float(engine_overhead_s), float(n_knee), float(noise_cv)
         self.seed, self.name, self.source = int(seed), str(name), str(source)
+        self.settle_amplitude, self.settle_decay = float(settle_amplitude), float(settle_decay)
         self.fit_error = dict(fit_error) if fit_error is not None else None
         self._const = self.beta0 + self.engine_overhead_s
         self._sigma = math.sqrt(math.log1p(self.noise_cv**2))
@@ -122,12 +134,19 @@ class LinearCostModel:
             return t
         return t * self._next_noise()
 
+    def settle_factor(self, k: int) -> float:
+        """Slowdown of a decode-only step ``k >= 0`` decode-only steps after a step with prefill tokens (else 1)."""
+        if k < 0 or self.settle_amplitude == 0.0:
+            return 1.0
+        return 1.0 + self.settle_amplitude * self.settle_decay**k
+
     def deterministic(self) -> LinearCostModel:
         """A noise-free twin with the same coefficients (for schedulers that only know ``predict``)."""
         return LinearCostModel(
             beta0=self.beta0, beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, beta4=self.beta4,
             engine_overhead_s=self.engine_overhead_s, n_knee=self.n_knee, noise_cv=0.0, seed=self.seed,
-            name=self.name, source=self.source, fit_error=self.fit_error,
+            settle_amplitude=self.settle_amplitude, settle_decay=self.settle_decay, name=self.name, source=self.source,
+            fit_error=self.fit_error,
         )
 
     def _next_noise(self) -> float:
@@ -142,7 +161,9 @@ class LinearCostModel:
         return (
             f"LinearCostModel(name={self.name!r}, beta0={self.beta0:.4g}, beta1={self.beta1:.4g}, "
             f"beta2={self.beta2:.4g}, beta3={self.beta3:.4g}, beta4={self.beta4:.4g}, "
-            f"engine_overhead_s={self.engine_overhead_s:.4g}, n_knee={self.n_knee:g}, noise_cv={self.noise_cv:g})"
+            f"engine_overhead_s={self.engine_overhead_s:.4g}, n_knee={self.n_knee:g}, noise_cv={self.noise_cv:g}"
+            + (f", settle_amplitude={self.settle_amplitude:.4g}, settle_decay={self.settle_decay:.4g}"
+               if self.settle_amplitude else "") + ")"
         )
 
 
