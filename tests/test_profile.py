@@ -247,3 +247,33 @@ def test_fit_rows_fits_the_settling_on_served_steps_only():
     for plain in (profile.fit_rows(frame, {**opts, "fit_settle": False}),
                   profile.fit_rows(frame.drop(columns="since_prefill"), opts)):
         assert plain.settle_amplitude == 0.0 and plain.train_mape > 1.0
+
+
+def test_refit_profile_gives_back_the_profilers_fit_from_its_measurements(served, tmp_path):
+    """bench/refit_profile.py on the served profile's own CSV and YAML: the same coefficients (CSV round trip), the
+    same fit_error, the original source and header kept with a note; refitting twice adds one note, not two."""
+    from tests.conftest import load_bench
+
+    out, _ = served
+    like = out / "cm" / "tiny_cpu.yaml"
+    original = yaml.safe_load(like.read_text())
+    with load_bench("refit_profile") as module:
+        assert module.main([str(out / "run" / "measurements.csv"), "--like", str(like),
+                            "--out", str(tmp_path / "a.yaml")]) == 0
+        assert module.main([str(out / "run" / "measurements.csv"), "--like", str(tmp_path / "a.yaml"),
+                            "--out", str(tmp_path / "b.yaml"), "--no-settle"]) == 0
+        (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+        with pytest.raises(SystemExit):
+            module.main([str(tmp_path / "bad.csv"), "--like", str(like)])
+    again = yaml.safe_load((tmp_path / "a.yaml").read_text())
+    for key in ("beta0", "beta1", "beta2", "beta3", "beta4", "n_knee", "settle_amplitude", "settle_decay"):
+        assert again[key] == pytest.approx(original[key], rel=1e-9, abs=1e-15), key
+    for key in ("iteration", "train", "serve"):
+        assert again["fit_error"][key] == pytest.approx(original["fit_error"][key], abs=2e-3), key
+    assert "probe_level" not in again["fit_error"]  # relative to coefficients the probe was taken against
+    assert again["source"].startswith(original["source"]) and "fit_settle=true" in again["source"]
+    header = (tmp_path / "b.yaml").read_text().splitlines()[0]
+    assert header.startswith(like.read_text().splitlines()[0].removesuffix("; do not edit"))
+    assert header.count("refitted by") == 1 and "fit_settle=false" in header
+    plain = yaml.safe_load((tmp_path / "b.yaml").read_text())
+    assert plain["settle_amplitude"] == 0.0 and plain["source"].count("refitted from the same measurements") == 1
