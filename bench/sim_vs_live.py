@@ -158,24 +158,17 @@ def kind_of(chunks, decodes) -> str:
 
 def replay(rows: list[dict], cost_model) -> pd.DataFrame:
     """Every recorded live step with its features and the cost model's prediction of its exact composition, times
-    its settling factor where the cost model has one (``runtime.sim.settle``, as the simulator applies it)."""
-    out = []
-    since = steps_since_prefill([bool(r["chunks"]) for r in rows])
-    settle = getattr(cost_model, "settle_factor", lambda k: 1.0)
-    for i, r in enumerate(rows):
-        chunks, decodes = r["chunks"], r["decodes"]
-        out.append(dict(step=i, kind=kind_of(chunks, decodes), num_prefill_tokens=sum(c for c, _ in chunks),
-                        num_chunks=len(chunks), num_decodes=len(decodes),
-                        prefill_attn_work=float(sum(c * (q + c / 2) for c, q in chunks)),
-                        sum_decode_ctx=int(sum(decodes)), max_decode_ctx=max(decodes, default=0),
-                        num_seqs=len(chunks) + len(decodes), measured_s=r["step_time"], swap_s=r["swap_time"],
-                        recompute_tokens=r["recompute_tokens"], gap_s=r["gap_s"],
-                        since_prefill=int(since[i]),
-                        predicted_s=cost_model.predict_deterministic(chunks, decodes)
-                        * (settle(int(since[i])) if decodes and not chunks else 1.0)))
-    frame = pd.DataFrame(out)
-    frame["ape_pct"] = (frame.predicted_s - frame.measured_s).abs() / frame.measured_s * 100
-    return frame
+    its settling factor where the cost model has one (``settled``)."""
+    frame = pd.DataFrame([
+        dict(step=i, kind=kind_of(r["chunks"], r["decodes"]), num_prefill_tokens=sum(c for c, _ in r["chunks"]),
+             num_chunks=len(r["chunks"]), num_decodes=len(r["decodes"]),
+             prefill_attn_work=float(sum(c * (q + c / 2) for c, q in r["chunks"])),
+             sum_decode_ctx=int(sum(r["decodes"])), max_decode_ctx=max(r["decodes"], default=0),
+             num_seqs=len(r["chunks"]) + len(r["decodes"]), measured_s=r["step_time"], swap_s=r["swap_time"],
+             recompute_tokens=r["recompute_tokens"], gap_s=r["gap_s"],
+             predicted_s=cost_model.predict_deterministic(r["chunks"], r["decodes"]))
+        for i, r in enumerate(rows)])
+    return settled(frame, cost_model)
 
 
 def replay_stored(iters: pd.DataFrame, cost_model) -> pd.DataFrame:
@@ -184,18 +177,27 @@ def replay_stored(iters: pd.DataFrame, cost_model) -> pd.DataFrame:
     out = []
     for _, g in iters.groupby(["scheduler", "rate"], sort=False):
         g = g.sort_values("step").copy()
-        since = steps_since_prefill((g.num_prefill_tokens > 0).tolist())
-        decode_only = (g.num_prefill_tokens == 0).to_numpy() & (g.num_decodes > 0).to_numpy()
-        g["since_prefill"] = since
         g["predicted_s"] = [
             cost_model.predict_from_sums(num_prefill_tokens=int(r.num_prefill_tokens),
                                          prefill_attn_work=float(r.prefill_attn_work), num_decodes=int(r.num_decodes),
                                          sum_decode_ctx=int(r.sum_decode_ctx), num_seqs=int(r.num_seqs))
-            * (cost_model.settle_factor(int(k)) if d else 1.0)
-            for r, k, d in zip(g.itertuples(), since, decode_only)]
-        g["ape_pct"] = (g.predicted_s - g.measured_s).abs() / g.measured_s * 100
-        out.append(g)
+            for r in g.itertuples()]
+        out.append(settled(g, cost_model))
     return pd.concat(out, ignore_index=True)
+
+
+def settled(steps: pd.DataFrame, cost_model) -> pd.DataFrame:
+    """One run's steps, in order, with ``since_prefill`` (``k``), ``predicted_s`` times the settling factor of every
+    decode-only step (``runtime.sim.settle``, as the simulator applies it; 1 where the cost model has none) and
+    ``ape_pct``."""
+    since = steps_since_prefill((steps.num_prefill_tokens > 0).tolist())
+    decode_only = (steps.num_prefill_tokens == 0).to_numpy() & (steps.num_decodes > 0).to_numpy()
+    settle = getattr(cost_model, "settle_factor", lambda k: 1.0)
+    steps = steps.assign(since_prefill=since)
+    steps["predicted_s"] = steps.predicted_s.to_numpy() * np.array(
+        [settle(int(k)) if d else 1.0 for k, d in zip(since, decode_only)])
+    steps["ape_pct"] = (steps.predicted_s - steps.measured_s).abs() / steps.measured_s * 100
+    return steps
 
 
 def resimulate(args, source: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
