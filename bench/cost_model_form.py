@@ -6,15 +6,15 @@
 Offline: no model runs. The inputs are what ``accelgen-profile`` (``measurements.csv``: the grid, held-out and
 served steps it timed) and ``bench/sim_vs_live.py`` (``iterations.parquet``: every live step of the comparison,
 measured) wrote; a directory holding both can be given alone. Four forms are fitted on the same rows with the
-profiler's weights (``runtime.live.profile.fit_weights``):
+profiler's weights (``runtime.live.profile_fit.fit_weights``):
 
 * ``linear``: the simulator's history-free form,
-  ``β0 + β1·max(N, n_knee) + β2·Σc(q + c/2) + β3·Σctx + β4·|B|``, fitted by ``runtime.live.profile.fit_linear``
-  (the profiler's fit before the settling factor, or with ``profile.fit_settle=false``: its train MAPE is then
-  the YAML's);
+  ``β0 + β1·max(N, n_knee) + β2·Σc(q + c/2) + β3·Σctx + β4·|B|``,
+  fitted by ``runtime.sim.linear_fit.fit_linear`` (the profiler's fit before the settling factor, or with
+  ``profile.fit_settle=false``: its train MAPE is then the YAML's);
 * ``linear + settling``: the same form with the simulator's settling factor ``1 + a·ρ^k`` on decode-only steps
-  ``k`` steps after a prefill (``runtime.sim.settle``), fitted by ``runtime.live.profile.fit_rows`` exactly as the
-  profiler now does; each served step's ``k`` is the CSV's ``since_prefill``, or for older files is recovered from
+  ``k`` steps after a prefill (``runtime.sim.settle``), fitted by ``runtime.live.profile_fit.fit_rows`` exactly as
+  the profiler now does; each served step's ``k`` is the CSV's ``since_prefill``, or for older files is recovered from
   its ``id`` (``<run>#<step>``), and each live step's from its run's step order;
 * ``linear + a·ρ^k seconds``: the settling as added time instead of a factor, one more NNLS column ``ρ^k``
   (``ρ`` searched over ``runtime.sim.settle.DECAYS``), so a large batch right after a prefill pays the same as a
@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from runtime.live.profile import (DEFAULTS, design, fit_linear, fit_rows, fit_weights, since_prefill,  # noqa: E402
-                                  weighted_nnls)
+from runtime.live.profile import DEFAULTS  # noqa: E402
+from runtime.live.profile_fit import fit_linear, fit_rows, fit_weights, since_prefill  # noqa: E402
+from runtime.sim.linear_fit import design, weighted_nnls  # noqa: E402
 from runtime.sim.settle import DECAYS, factors, steps_since_prefill  # noqa: E402
 
 #: Decode-only batch sizes reported together (right-closed bins).

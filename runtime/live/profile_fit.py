@@ -1,0 +1,136 @@
+"""Fitting ``accelgen-profile``'s measurements: row weights, the simulator's linear form with its settling factor,
+and the YAML's ``fit_error`` and fields. The profiler fits with these functions, and ``bench/refit_profile.py`` and
+``bench/cost_model_form.py`` refit stored ``measurements.csv`` files with them, so a refit is the profiler's fit.
+
+Fit. With ``N = Σ_P c + D``, ``W = Σ_P c·(q + c/2)``, ``S = Σ_D ctx`` and ``|B| = |P| + D`` (the features of
+``runtime.sim.cost_model``)::
+
+    T̂(B) = β0 + β1·max(N, n_knee) + β2·W + β3·S + β4·|B|
+
+``β ≥ 0`` by non-negative least squares on rows divided by their measured time ``t`` (minimises
+``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``weighted_nnls``), for every ``n_knee`` in
+``{0} ∪ {N of the grid, N ≤ 2048}``; the knee with the lowest (weighted) training MAPE wins (``fit.py``'s grid
+search). Weights: ``w = profile.small_batch_weight`` (default 4) for decode-only batches of at most 3 decodes, 1
+for the rest. Why: on this CPU the LM head's GEMM (vocab × d, one row per sampled token) costs a staircase in the
+number of rows (llama_15m, 1 thread: 1.3 ms for 1-3 rows, 2.6 ms for 4-6, 3.9 ms for 8; on one thread the model
+now computes 4-12 rows in vocabulary blocks, which smooths it, ``runtime.live.model``), which no linear form
+follows; unweighted, the fit splits the difference and over-predicts the 1-3 decode steps by ~20%, while those
+are most of a serving run's steps (75% of the live steps of ``bench/sim_vs_live.py``). ``small_batch_weight=1``
+gives the plain fit. The held-out ``fit_error`` stays unweighted. ``engine_overhead_s`` is 0 by default:
+``step_time`` already holds the executor's host work (input building, sampling, the per-sequence part of which is
+``β4``), and the engine's own per-step work outside ``execute`` (``scheduler.schedule``, ``update_from_output``, the
+iteration log) depends on the scheduler, so it is not fitted here; ``bench/sim_vs_live.py`` measures it per
+scheduler, and ``profile.engine_overhead_s`` writes a value in. ``fit_error`` is MAPE (%) on **held-out**
+compositions drawn independently of the grid (decode: ``D`` log-uniform in 1 .. 64, contexts uniform in ``[16, 2m]``
+for a log-uniform ``m``; prefill: 1 .. 4 chunks of log-uniform size at random offsets; mixed: budgets 128 .. 2048
+with up to 64 decodes), per kind, overall and its 95th percentile, plus the in-sample MAPE of the grid (``train``).
+
+Settling (served steps only: each carries ``since_prefill``, the number ``k`` of decode-only steps since the last
+step with prefill tokens; grid and held-out compositions, timed settled, have ``k = −1``). With
+``profile.fit_settle`` the fit adds the simulator's factor ``1 + a·ρ^k`` on decode-only steps
+(``runtime.sim.settle``): ``(a, ρ)`` at the current knee, then the knee again on times divided by the factor,
+alternating until the knee stays (at most ``SETTLE_ROUNDS``). The result replaces the history-free fit only where
+it lowers the weighted MAPE.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from runtime.sim.linear_fit import Fit, design, fit_linear
+from runtime.sim.settle import factors as settle_factors
+from runtime.sim.settle import fit_settle, steps_since_prefill
+
+KINDS = ("decode", "prefill", "mixed")
+SMALL_BATCH = 3  # decode-only compositions of at most this many decodes get profile.small_batch_weight
+SETTLE_ROUNDS = 3  # alternations of the settling factor and the knee (fit_rows); the knee is stable after one or two
+
+
+def fit_weights(rows: pd.DataFrame, opts: dict) -> np.ndarray:
+    """Each fitted row's weight: small decode-only grid batches ×``small_batch_weight``; with served steps, each
+    grid composition counts as ``serve_grid_weight`` of them (module docstring). ``rows``: grid and served only."""
+    grid = (rows.split == "train").to_numpy()
+    small = grid & ((rows.kind == "decode") & (rows.num_decodes <= SMALL_BATCH)).to_numpy()
+    weights = np.where(small, float(opts["small_batch_weight"]), 1.0)
+    if (~grid).any():
+        weights = np.where(grid, weights * float(opts["serve_grid_weight"]), 1.0)
+    return weights
+
+
+def fit_rows(rows: pd.DataFrame, opts: dict) -> Fit:
+    """``fit_linear`` over grid and served rows, weighted by ``fit_weights``; with served rows and
+    ``profile.fit_settle``, the settling factor too (``runtime.sim.settle``): ``(a, ρ)`` at the current knee, then
+    the knee searched again on the times deflated by that factor, until the knee stays (at most ``SETTLE_ROUNDS``)."""
+    weights = fit_weights(rows, opts)
+    feats = [rows[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs")]
+    t = rows.time_s.to_numpy(float)
+    fit = fit_linear(*feats, t, weights=weights)
+    if not opts["fit_settle"] or "since_prefill" not in rows:
+        return fit
+    k, decode_only = rows.since_prefill.to_numpy(), (rows.num_prefill_tokens == 0).to_numpy()
+    best, knee = fit, fit.n_knee
+    for _ in range(SETTLE_ROUNDS):
+        found = fit_settle(design(*feats, knee), t, weights, k, decode_only)
+        if found.amplitude == 0.0:
+            break
+        again = fit_linear(*feats, t / settle_factors(k, decode_only, found.amplitude, found.decay), weights=weights)
+        if again.train_mape < best.train_mape:
+            best = Fit(again.beta, again.n_knee, again.train_mape, settle_amplitude=found.amplitude,
+                       settle_decay=found.decay)
+        if again.n_knee == knee:
+            break
+        knee = again.n_knee
+    return best
+
+
+def since_prefill(measurements: pd.DataFrame) -> pd.Series:
+    """Each row's ``k`` (``runtime.sim.settle``): the CSV's column, or for served rows of older files recovered from
+    their ids (``<run>#<step>``, steps in order; a step left out of the CSV, a swap, still counts); -1 elsewhere."""
+    if "since_prefill" in measurements:
+        return measurements.since_prefill.fillna(-1).astype(int)
+    out = pd.Series(-1, index=measurements.index)
+    if "id" not in measurements:
+        return out
+    served = measurements[measurements.split == "serve"]
+    parts = served.id.astype(str).str.split("#")
+    for _, group in served.groupby(parts.str[0], sort=False):
+        steps = group.id.astype(str).str.split("#").str[1].astype(int).to_numpy()
+        has = np.zeros(steps.max() + 1, dtype=bool)
+        has[steps] = group.num_prefill_tokens.to_numpy() > 0
+        out[group.index] = steps_since_prefill(has.tolist())[steps]
+    return out
+
+
+def fit_report(frame: pd.DataFrame, fit: Fit) -> tuple[pd.DataFrame, dict]:
+    """``frame`` (``measurements.csv``'s rows) with each row's prediction ``pred_s`` and ``ape_pct``, and the YAML's
+    ``fit_error`` (MAPE %: held-out per kind and p95, grid in-sample, served in-sample). Predictions leave out any
+    configured engine overhead (it is not part of what was measured); served steps carry the settling factor, as
+    the simulator applies it, while grid and held-out compositions were timed settled."""
+    feats = [frame[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs")]
+    frame = frame.copy()
+    frame["pred_s"] = design(*feats, fit.n_knee) @ fit.beta
+    if "since_prefill" in frame:
+        frame["pred_s"] *= settle_factors(frame.since_prefill.to_numpy(), (frame.num_prefill_tokens == 0).to_numpy(),
+                                          fit.settle_amplitude, fit.settle_decay)
+    frame["ape_pct"] = (frame.pred_s - frame.time_s).abs() / frame.time_s * 100
+    tr, ho, sv = (frame[frame.split == split] for split in ("train", "heldout", "serve"))
+    fit_error = {"iteration": float(ho.ape_pct.mean()), "iteration_p95": float(np.percentile(ho.ape_pct, 95)),
+                 **{f"iteration_{k}": float(ho.ape_pct[ho.kind == k].mean()) for k in KINDS},
+                 "train": float(tr.ape_pct.mean()),
+                 **{f"train_{k}": float(tr.ape_pct[tr.kind == k].mean()) for k in KINDS if (tr.kind == k).any()},
+                 "num_train": int(len(tr)), "num_heldout": int(len(ho))}
+    if len(sv):
+        fit_error.update({"serve": float(sv.ape_pct.mean()), "num_serve": int(len(sv)),
+                          **{f"serve_{k}": float(sv.ape_pct[sv.kind == k].mean()) for k in KINDS
+                             if (sv.kind == k).any()}})
+    return frame, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fit_error.items()}
+
+
+def cost_model_payload(name: str, fit: Fit, opts: dict, source: str) -> dict:
+    """The cost-model YAML's fields (``runtime.sim.cost_model.LinearCostModel``)."""
+    b0, b1, b2, b3, b4 = (float(x) for x in fit.beta)
+    return {"_target_": "runtime.sim.cost_model.LinearCostModel", "_convert_": "all", "name": name,
+            "beta0": b0, "beta1": b1, "beta2": b2, "beta3": b3, "beta4": b4,
+            "engine_overhead_s": float(opts["engine_overhead_s"]), "n_knee": float(fit.n_knee), "noise_cv": 0.0,
+            "seed": 0, "settle_amplitude": float(fit.settle_amplitude), "settle_decay": float(fit.settle_decay),
+            "source": source}
