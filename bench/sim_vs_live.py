@@ -152,6 +152,13 @@ def compose_cfg(overrides: list[str], progress: bool = False, cost_model_file: P
     return cfg
 
 
+def cost_model_node(args):
+    """The cost model both runs use: ``--cost-model-file``, or the ``--cost-model`` option (for ``args.model``)."""
+    if args.cost_model_file is not None:
+        return compose_cfg([f"model={args.model}"], cost_model_file=args.cost_model_file).cost_model
+    return compose_cfg([f"model={args.model}", f"cost_model={args.cost_model}"]).cost_model
+
+
 def kind_of(chunks, decodes) -> str:
     return "mixed" if chunks and decodes else ("prefill" if chunks else "decode")
 
@@ -212,9 +219,8 @@ def resimulate(args, source: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
         setattr(args, key, meta[key])
     stored = pd.read_csv(source / "runs.csv")
     live_rows = stored[stored.runtime == "live"]
-    cfg = compose_cfg([f"model={args.model}", *([f"cost_model={args.cost_model}"] if args.cost_model_file is None
-                                                else [])], cost_model_file=args.cost_model_file)
-    iters = replay_stored(pd.read_parquet(source / "iterations.parquet"), instantiate(cfg.cost_model).deterministic())
+    cost_model = instantiate(cost_model_node(args)).deterministic()
+    iters = replay_stored(pd.read_parquet(source / "iterations.parquet"), cost_model)
     runs, comps = [], []
     for live in tqdm(live_rows.to_dict("records"), desc="re-simulate", unit="pair", disable=args.no_progress):
         scheduler, rate = live["scheduler"], float(live["rate"])
@@ -740,21 +746,16 @@ def main(argv: list[str] | None = None) -> int:
     iters_df = pd.concat(iters, ignore_index=True)
     iters_df = iters_df[["scheduler", "rate", *[c for c in iters_df.columns if c not in ("scheduler", "rate")]]]
     runs_df, comp_df = pd.DataFrame(runs), with_level(pd.DataFrame(comps), iters_df)
-    atomic_write(args.out / "runs.csv", lambda p: runs_df.to_csv(p, index=False))
-    atomic_write(args.out / "comparison.csv", lambda p: comp_df.to_csv(p, index=False))
-    atomic_write(args.out / "iterations.parquet", lambda p: iters_df.to_parquet(p, index=False))
+    write_tables(args.out, runs_df, comp_df, iters_df)
     if probes:
         atomic_write(args.out / "probes.csv", lambda p: pd.DataFrame(probes).to_csv(p, index=False))
-    cfg = compose_cfg([f"model={args.model}", f"cost_model={args.cost_model}"] if args.cost_model_file is None
-                      else [f"model={args.model}"], cost_model_file=args.cost_model_file)
     wall_s = time.perf_counter() - t0
     busy1, own1 = cpu_seconds()
     meta = dict(started=started, wall_s=wall_s, other_cores=((busy1 - busy0) - (own1 - own0)) / wall_s,
                 own_cores=(own1 - own0) / wall_s,
-                command=" ".join([".venv/bin/python bench/sim_vs_live.py",
-                                  *(argv if argv is not None else sys.argv[1:])]),
-                model=args.model, cost_model_name=args.cost_model,
-                cost_model=OmegaConf.to_container(cfg.cost_model, resolve=True), num_requests=args.num_requests,
+                command=command_line(argv),
+                model=args.model, cost_model_name=args.cost_model, num_requests=args.num_requests,
+                cost_model=OmegaConf.to_container(cost_model_node(args), resolve=True),
                 cost_model_file=str(args.cost_model_file) if args.cost_model_file else None,
                 seed=args.seed, threads=args.threads, schedulers=args.schedulers, rates=args.rates,
                 sensitivity=args.sensitivity, machine=machine())
@@ -766,6 +767,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def write_tables(out: Path, runs: pd.DataFrame, comp: pd.DataFrame, iters: pd.DataFrame) -> None:
+    """``runs.csv``, ``comparison.csv`` and ``iterations.parquet`` in ``out``, each written atomically."""
+    atomic_write(out / "runs.csv", lambda p: runs.to_csv(p, index=False))
+    atomic_write(out / "comparison.csv", lambda p: comp.to_csv(p, index=False))
+    atomic_write(out / "iterations.parquet", lambda p: iters.to_parquet(p, index=False))
+
+
+def command_line(argv: list[str] | None) -> str:
+    """How this bench was invoked, for ``meta.json`` and the section."""
+    return " ".join([".venv/bin/python bench/sim_vs_live.py", *(argv if argv is not None else sys.argv[1:])])
+
+
 def _main_resimulate(args, argv, started: str, t0: float, plot_path: Path, section_path: Path) -> int:
     import json
 
@@ -774,16 +787,12 @@ def _main_resimulate(args, argv, started: str, t0: float, plot_path: Path, secti
         print("sim_vs_live: --resimulate needs an --out other than the stored run's", file=sys.stderr)
         return 2
     runs_df, comp_df, iters_df = resimulate(args, source)
-    atomic_write(args.out / "runs.csv", lambda p: runs_df.to_csv(p, index=False))
-    atomic_write(args.out / "comparison.csv", lambda p: comp_df.to_csv(p, index=False))
-    atomic_write(args.out / "iterations.parquet", lambda p: iters_df.to_parquet(p, index=False))
-    cfg = compose_cfg([f"model={args.model}", f"cost_model={args.cost_model}"] if args.cost_model_file is None
-                      else [f"model={args.model}"], cost_model_file=args.cost_model_file)
+    write_tables(args.out, runs_df, comp_df, iters_df)
     meta = json.loads((source / "meta.json").read_text())
     meta.update(resimulated_from=str(source), resimulated=started, resimulate_wall_s=time.perf_counter() - t0,
-                command=" ".join([".venv/bin/python bench/sim_vs_live.py",
-                                  *(argv if argv is not None else sys.argv[1:])]),
-                cost_model_name=args.cost_model, cost_model=OmegaConf.to_container(cfg.cost_model, resolve=True),
+                command=command_line(argv),
+                cost_model_name=args.cost_model,
+                cost_model=OmegaConf.to_container(cost_model_node(args), resolve=True),
                 cost_model_file=str(args.cost_model_file) if args.cost_model_file else None,
                 sensitivity=args.sensitivity)
     write_json(args.out / "meta.json", meta)

@@ -511,11 +511,10 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
         # Served calibration: live runs planned with the grid fit, then one fit over the grid and every served step.
         t1 = time.perf_counter()
         grid_fit = cost_model_payload(name, fit, opts, source="grid fit (served calibration)")
-        served = serve_steps(cfg, opts, grid_fit, show,
-                             between=probe.sample)
+        served = serve_steps(cfg, opts, grid_fit, show, between=probe.sample)
         serve_s = time.perf_counter() - t1
         frame = pd.concat([frame, served], ignore_index=True)
-        frame["since_prefill"] = frame.since_prefill.fillna(-1).astype(int)  # grid and held-out: settled
+        frame["since_prefill"] = since_prefill(frame)  # grid and held-out rows, timed settled: -1
         fit = fit_rows(frame[frame.split.isin(["train", "serve"])], opts)
     frame = frame.drop(columns=["chunks", "decodes"])
     frame, fit_error = fit_report(frame, fit)

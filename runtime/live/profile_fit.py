@@ -44,6 +44,12 @@ from runtime.sim.settle import fit_settle, steps_since_prefill
 KINDS = ("decode", "prefill", "mixed")
 SMALL_BATCH = 3  # decode-only compositions of at most this many decodes get profile.small_batch_weight
 SETTLE_ROUNDS = 3  # alternations of the settling factor and the knee (fit_rows); the knee is stable after one or two
+FEATURES = ("num_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs")  # N, W, S, |B|: design()'s order
+
+
+def features_of(frame: pd.DataFrame) -> list[np.ndarray]:
+    """``N, W, S, |B|`` of every row of a ``measurements.csv`` frame, as ``design`` takes them."""
+    return [frame[c].to_numpy(float) for c in FEATURES]
 
 
 def fit_weights(rows: pd.DataFrame, opts: dict) -> np.ndarray:
@@ -62,7 +68,7 @@ def fit_rows(rows: pd.DataFrame, opts: dict) -> Fit:
     ``profile.fit_settle``, the settling factor too (``runtime.sim.settle``): ``(a, ρ)`` at the current knee, then
     the knee searched again on the times deflated by that factor, until the knee stays (at most ``SETTLE_ROUNDS``)."""
     weights = fit_weights(rows, opts)
-    feats = [rows[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs")]
+    feats = features_of(rows)
     t = rows.time_s.to_numpy(float)
     fit = fit_linear(*feats, t, weights=weights)
     if not opts["fit_settle"] or "since_prefill" not in rows:
@@ -106,9 +112,8 @@ def fit_report(frame: pd.DataFrame, fit: Fit) -> tuple[pd.DataFrame, dict]:
     ``fit_error`` (MAPE %: held-out per kind and p95, grid in-sample, served in-sample). Predictions leave out any
     configured engine overhead (it is not part of what was measured); served steps carry the settling factor, as
     the simulator applies it, while grid and held-out compositions were timed settled."""
-    feats = [frame[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs")]
     frame = frame.copy()
-    frame["pred_s"] = design(*feats, fit.n_knee) @ fit.beta
+    frame["pred_s"] = design(*features_of(frame), fit.n_knee) @ fit.beta
     if "since_prefill" in frame:
         frame["pred_s"] *= settle_factors(frame.since_prefill.to_numpy(), (frame.num_prefill_tokens == 0).to_numpy(),
                                           fit.settle_amplitude, fit.settle_decay)
