@@ -5,25 +5,26 @@
 
 Offline: no model runs. The inputs are what ``accelgen-profile`` (``measurements.csv``: the grid, held-out and
 served steps it timed) and ``bench/sim_vs_live.py`` (``iterations.parquet``: every live step of the comparison,
-measured) wrote; a directory holding both can be given alone. Four forms are fitted on the same rows with the
+measured) wrote; a directory holding both can be given alone. Five forms are fitted on the same rows with the
 profiler's weights (``runtime.live.profile_fit.fit_weights``):
 
 * ``linear``: the simulator's history-free form,
   ``β0 + β1·max(N, n_knee) + β2·Σc(q + c/2) + β3·Σctx + β4·|B|``,
-  fitted by ``runtime.sim.linear_fit.fit_linear`` (the profiler's fit before the settling factor, or with
-  ``profile.fit_settle=false``: its train MAPE is then the YAML's);
+  fitted by ``runtime.live.profile_fit.fit_rows`` with neither term below (the profiler's fit with
+  ``profile.fit_settle=false profile.max_seq_knee=0``: its train MAPE is then the YAML's);
 * ``linear + settling``: the same form with the simulator's settling factor ``1 + a·ρ^k`` on decode-only steps
-  ``k`` steps after a prefill (``runtime.sim.settle``), fitted by ``runtime.live.profile_fit.fit_rows`` exactly as
-  the profiler now does; each served step's ``k`` is the CSV's ``since_prefill``, or for older files is recovered from
-  its ``id`` (``<run>#<step>``), and each live step's from its run's step order;
+  ``k`` steps after a prefill (``runtime.sim.settle``), fitted by ``fit_rows`` as the profiler does with
+  ``profile.max_seq_knee=0``; each served step's ``k`` is the CSV's ``since_prefill``, or for older files is
+  recovered from its ``id`` (``<run>#<step>``), and each live step's from its run's step order;
 * ``linear + a·ρ^k seconds``: the settling as added time instead of a factor, one more NNLS column ``ρ^k``
   (``ρ`` searched over ``runtime.sim.settle.DECAYS``), so a large batch right after a prefill pays the same as a
   small one; evaluated only, the simulator's form is the factor;
 * ``linear + β5·min(|B|, s_knee)``: one concave term more, so the first ``s_knee`` sequences of a step cost
-  ``β4 + β5`` each and later ones ``β4``; NNLS for every ``s_knee`` in ``2..--max-s-knee`` (``n_knee`` kept from
-  the linear fit), the best weighted MAPE wins. On CPU the LM head's GEMM costs less per sampled row as rows are
-  added (``bench/live_lm_head.py``), which the linear form cannot follow. Not in the simulator: a concave term
-  would need a binary per step in the Oracle's MILP.
+  ``β4 + β5`` each and later ones ``β4`` (``runtime.sim.cost_model``); ``fit_rows`` with ``profile.fit_settle=false``
+  and ``profile.max_seq_knee`` = ``--max-s-knee``. On CPU the LM head's GEMM costs less per sampled row as rows
+  are added (``bench/live_lm_head.py``), which the linear form cannot follow;
+* ``linear + settling + β5·min(|B|, s_knee)``: both, the profiler's default fit (``fit_rows``), where served steps
+  carry their ``k``.
 
 Reported per form: the weighted train MAPE, the held-out MAPE, the replay MAPE of the live steps (all, and per
 arrival rate), and for decode-only live steps the median of measured / predicted by number of decodes and by
@@ -44,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from runtime.live.profile import DEFAULTS  # noqa: E402
-from runtime.live.profile_fit import fit_linear, fit_rows, fit_weights, since_prefill  # noqa: E402
+from runtime.live.profile_fit import features_of, fit_rows, fit_weights, since_prefill  # noqa: E402
 from runtime.sim.linear_fit import design, weighted_nnls  # noqa: E402
 from runtime.sim.settle import DECAYS, factors, steps_since_prefill  # noqa: E402
 
@@ -52,13 +53,6 @@ from runtime.sim.settle import DECAYS, factors, steps_since_prefill  # noqa: E40
 BINS = (0, 1, 3, 6, 9, 12, 16, 10**6)
 #: Decode-only steps by ``k``, the decode-only steps since the last prefill (right-closed; -1: none before).
 K_BINS = (-2, -1, 0, 1, 3, 7, 10**6)
-
-
-def columns(n, work, sum_ctx, seqs, n_knee: float, s_knee: int) -> np.ndarray:
-    """The design matrix of the form: the linear columns, plus ``min(|B|, s_knee)`` when ``s_knee > 0``."""
-    n, work, sum_ctx, seqs = (np.asarray(a, dtype=float) for a in (n, work, sum_ctx, seqs))
-    x = design(n, work, sum_ctx, seqs, n_knee)
-    return np.column_stack([x, np.minimum(seqs, s_knee)]) if s_knee else x
 
 
 def live_since_prefill(iterations: pd.DataFrame) -> np.ndarray:
@@ -72,33 +66,31 @@ def live_since_prefill(iterations: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def fit_form(rows: pd.DataFrame, weights: np.ndarray, max_s_knee: int, opts: dict | None = None) -> dict:
+def fit_form(rows: pd.DataFrame, weights: np.ndarray, max_s_knee: int, opts: dict) -> dict:
     """The forms on ``rows`` (grid and served, with ``since_prefill``): coefficients, knees, weighted train MAPE."""
-    opts = opts or {}
     t = rows.time_s.to_numpy(dtype=float)
-    lin = fit_linear(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, t,
-                     weights=weights)
-    forms = {"linear": dict(beta=lin.beta, n_knee=lin.n_knee, s_knee=0, train=lin.train_mape)}
-    if (rows.since_prefill >= 0).any():
-        settled = fit_rows(rows, {**DEFAULTS, **opts, "fit_settle": True})
-        forms["linear + settling"] = dict(beta=settled.beta, n_knee=settled.n_knee, s_knee=0,
-                                          train=settled.train_mape, settle=(settled.settle_amplitude,
-                                                                            settled.settle_decay))
+
+    def profiler(settle: bool, seq_knee: int) -> dict:
+        fit = fit_rows(rows, {**DEFAULTS, **opts, "fit_settle": settle, "max_seq_knee": seq_knee})
+        form = dict(beta=fit.beta, n_knee=fit.n_knee, s_knee=fit.s_knee, train=fit.train_mape)
+        return {**form, "settle": (fit.settle_amplitude, fit.settle_decay)} if settle else form
+
+    forms = {"linear": profiler(False, 0)}
+    served_k = bool((rows.since_prefill >= 0).any())
+    if served_k:
+        forms["linear + settling"] = profiler(True, 0)
         k, decode_only = rows.since_prefill.to_numpy(), (rows.num_prefill_tokens == 0).to_numpy()
-        x = columns(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, lin.n_knee, 0)
+        lin = forms["linear"]
+        x = design(*features_of(rows), lin["n_knee"])
         added = None
         for decay in DECAYS:
             beta, err = weighted_nnls(np.column_stack([x, additive_column(k, decode_only, decay)]), t, weights)
             if added is None or err < added["train"] - 1e-12:
-                added = dict(beta=beta, n_knee=lin.n_knee, s_knee=0, train=err, additive=float(decay))
+                added = dict(beta=beta, n_knee=lin["n_knee"], s_knee=0, train=err, additive=float(decay))
         forms["linear + a·ρ^k seconds"] = added
-    best = None
-    for s_knee in range(2, max_s_knee + 1):
-        x = columns(rows.num_tokens, rows.prefill_attn_work, rows.sum_decode_ctx, rows.num_seqs, lin.n_knee, s_knee)
-        beta, err = weighted_nnls(x, t, weights)
-        if best is None or err < best["train"] - 1e-12:
-            best = dict(beta=beta, n_knee=lin.n_knee, s_knee=s_knee, train=err)
-    forms["linear + β5·min(|B|, s_knee)"] = best
+    forms["linear + β5·min(|B|, s_knee)"] = profiler(False, max_s_knee)
+    if served_k:
+        forms["linear + settling + β5·min(|B|, s_knee)"] = profiler(True, max_s_knee)
     return forms
 
 
@@ -111,11 +103,12 @@ def additive_column(k, decode_only, decay: float) -> np.ndarray:
 def predict(form: dict, n, work, sum_ctx, seqs, k=None, decode_only=None) -> np.ndarray:
     """The form's times; with ``k`` and ``decode_only``, with the settling where the form has one (a factor, or
     added seconds); without them (held-out compositions, timed settled), none."""
+    n, work, sum_ctx, seqs = (np.asarray(a, dtype=float) for a in (n, work, sum_ctx, seqs))
     if "additive" in form:
-        x = columns(n, work, sum_ctx, seqs, form["n_knee"], 0)
+        x = design(n, work, sum_ctx, seqs, form["n_knee"])
         g = additive_column(k, decode_only, form["additive"]) if k is not None else np.zeros(len(x))
         return np.column_stack([x, g]) @ form["beta"]
-    t = columns(n, work, sum_ctx, seqs, form["n_knee"], form["s_knee"]) @ form["beta"]
+    t = design(n, work, sum_ctx, seqs, form["n_knee"], form["s_knee"]) @ form["beta"]
     if "settle" in form and k is not None:
         t = t * factors(np.asarray(k), np.asarray(decode_only, dtype=bool), *form["settle"])
     return t
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=Path, help="bench/sim_vs_live.py's iterations.parquet")
     parser.add_argument("--small-batch-weight", type=float, default=DEFAULTS["small_batch_weight"])
     parser.add_argument("--serve-grid-weight", type=float, default=DEFAULTS["serve_grid_weight"])
-    parser.add_argument("--max-s-knee", type=int, default=64)
+    parser.add_argument("--max-s-knee", type=int, default=DEFAULTS["max_seq_knee"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     measurements_path = args.measurements or (args.dir / "measurements.csv" if args.dir else None)

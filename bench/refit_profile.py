@@ -14,8 +14,8 @@ written before ``since_prefill`` existed get their ``k`` from their ids
 (``runtime.live.profile_fit.since_prefill``).
 
 Options as the profiler's (``--small-batch-weight``, ``--serve-grid-weight``, ``--no-settle`` for
-``profile.fit_settle=false``). Prints the old and new coefficients and ``fit_error``; ``--out`` defaults to
-printing only.
+``profile.fit_settle=false``, ``--max-seq-knee 0`` for ``profile.max_seq_knee=0``). Prints the old and new
+coefficients and ``fit_error``; ``--out`` defaults to printing only.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from runtime.core.run_log import atomic_write  # noqa: E402
 from runtime.live.profile import DEFAULTS, HEADER  # noqa: E402
 from runtime.live.profile_fit import cost_model_payload, fit_report, fit_rows, since_prefill  # noqa: E402
 
-KEYS = ("beta0", "beta1", "beta2", "beta3", "beta4", "n_knee", "settle_amplitude", "settle_decay")
+KEYS = ("beta0", "beta1", "beta2", "beta3", "beta4", "beta5", "s_knee", "n_knee", "settle_amplitude", "settle_decay")
 
 
 def refit(measurements: pd.DataFrame, like: dict, like_header: str, opts: dict, note: str) -> tuple[dict, str]:
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--like", type=Path, required=True, help="the YAML these measurements were fitted into")
     parser.add_argument("--out", type=Path, help="where to write the refitted YAML (default: print only)")
     parser.add_argument("--no-settle", action="store_true", help="profile.fit_settle=false")
+    parser.add_argument("--max-seq-knee", type=int, default=DEFAULTS["max_seq_knee"],
+                        help="profile.max_seq_knee (0: no s_knee term)")
     parser.add_argument("--small-batch-weight", type=float, default=DEFAULTS["small_batch_weight"])
     parser.add_argument("--serve-grid-weight", type=float, default=DEFAULTS["serve_grid_weight"])
     args = parser.parse_args(argv)
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"{args.measurements} lacks columns {sorted(missing)}: not an accelgen-profile measurements.csv")
     opts = {**DEFAULTS, "small_batch_weight": args.small_batch_weight, "serve_grid_weight": args.serve_grid_weight,
-            "fit_settle": not args.no_settle}
-    changed = [f"fit_settle={str(opts['fit_settle']).lower()}",
+            "fit_settle": not args.no_settle, "max_seq_knee": args.max_seq_knee}
+    changed = [f"fit_settle={str(opts['fit_settle']).lower()}", f"max_seq_knee={args.max_seq_knee}",
                *([f"small_batch_weight={args.small_batch_weight:g}"]
                  if args.small_batch_weight != DEFAULTS["small_batch_weight"] else []),
                *([f"serve_grid_weight={args.serve_grid_weight:g}"]

@@ -563,7 +563,9 @@ def section(meta: dict, comp: pd.DataFrame, iters: pd.DataFrame, out: Path = DEF
         "",
         f"Cost model `{meta['cost_model_name']}`: β0 {cm['beta0'] * 1e3:.3f} ms, β1 {cm['beta1'] * 1e6:.2f} "
         f"µs/token (n_knee {cm['n_knee']:g}), β2 {cm['beta2'] * 1e9:.2f} ns/token², β3 {cm['beta3'] * 1e9:.1f} "
-        f"ns/context token, β4 {cm['beta4'] * 1e6:.1f} µs/sequence, engine_overhead_s "
+        f"ns/context token, β4 {cm['beta4'] * 1e6:.1f} µs/sequence"
+        + (f" (+ β5 {cm['beta5'] * 1e6:.1f} µs for each of the first {cm['s_knee']} sequences)"
+           if cm.get("beta5") else "") + ", engine_overhead_s "
         f"{cm.get('engine_overhead_s', 0):g}; held-out profile MAPE {e.get('iteration', math.nan):.1f} % (decode "
         f"{e.get('iteration_decode', math.nan):.1f}, prefill {e.get('iteration_prefill', math.nan):.1f}, mixed "
         f"{e.get('iteration_mixed', math.nan):.1f})"

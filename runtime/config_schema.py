@@ -73,7 +73,7 @@ def _rules() -> dict[str, Rule]:
         "connect_timeout_s", "init_timeout_s", "finish_timeout_s", "len_prior_tokens")})
     rules.update({name: NON_NEGATIVE for name in (
         "auto_decode_context", "w_comp", "w_kv", "urgent_frac", "beta0", "beta1", "beta2", "beta3", "beta4",
-        "engine_overhead_s", "per_seq_overhead_s", "n_knee", "noise_cv", "start_s", "num_requests",
+        "beta5", "s_knee", "engine_overhead_s", "per_seq_overhead_s", "n_knee", "noise_cv", "start_s", "num_requests",
         "num_train_requests", "warmup_steps", "eps", "eta", "urgency_theta", "weight", "noise_sigma", "beta",
         "settle_amplitude")})
     rules.update(quantile=FRACTION, alpha=Rule(gt=0, lt=1), settle_decay=Rule(ge=0, lt=1), rate_window_s=POSITIVE,

@@ -61,6 +61,13 @@ def solve_cpsat(inst: OracleInstance, *, time_limit_s: float | None, mip_gap: fl
     # T is substituted by the right-hand sides of (1)/(1') in (6)/(7): OR-Tools 9.15's CP-SAT returned a false
     # INFEASIBLE on a 7-variable model with an explicit T variable (BENCHMARKS.md, "CP-SAT").
     rest = sum(_up(inst.ta[i]) * units[i] for i in range(n)) + _up(lat.b4) * sum(x)
+    if lat.b5 and n > lat.s_knee:                                                       # (1s): w = min(Σx, s_knee)
+        w, y = model.NewIntVar(0, lat.s_knee, "w_seq"), model.NewBoolVar("y_seq")
+        model.Add(w >= sum(x) - (n - lat.s_knee) * y)
+        model.Add(w >= lat.s_knee * y)
+        rest += _up(lat.b5) * w
+    elif lat.b5:
+        rest += _up(lat.b5) * sum(x)
     lhs = [_up(lat.b0) + _up(lat.b1) * sum(units) + rest]                              # (1)
     if lat.n_knee > 0:
         lhs.append(_up(lat.b0) + _up(lat.b1 * lat.n_knee) + rest)                       # (1')

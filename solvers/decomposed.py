@@ -13,12 +13,15 @@ solution, and the optimum ``T*`` lies in some ``(θ_{k−1}, θ_k]`` where the c
 ``J* = max_k J_k``: the decomposition is exact. Each ``J_k`` is a knapsack without big-M:
 
     max  const_k + Σ value_i·c_i + setup_ki·x_i + bonus_i·f_i
-    s.t. b0 + β1·max(N, n_knee) + Σ ta_i·c_i + β4·Σ x_i ≤ θ_k,  (2)–(5), (8).
+    s.t. b0 + β1·max(N, n_knee) + Σ ta_i·c_i + β4·Σ x_i + β5·min(Σ x_i, s_knee) ≤ θ_k,  (2)–(5), (8)
 
-**Bounds.** Dropping KV, slots, the token cap, the knee and integrality, and setting ``x_i = c_i/U_i``,
-``f_i = c_i/U_i`` (valid: setups are only positive for decodes, where ``U_i = 1``), leaves a fractional knapsack
-on units with value ``v_ki = value_i + (bonus_i + setup_ki)/U_i`` and time ``t_i = β1 + ta_i + β4/U_i`` per unit:
-its greedy (density order) is the LP bound ``B_k``, for all ``k`` at once as one ``K × n`` matrix.
+(the last term by ``formulation``'s (1s), one binary, where a CPU profile has ``β5 > 0``).
+
+**Bounds.** Dropping KV, slots, the token cap, the knee, the ``β5`` term (it only adds time) and integrality,
+and setting ``x_i = c_i/U_i``, ``f_i = c_i/U_i`` (valid: setups are only positive for decodes, where ``U_i = 1``),
+leaves a fractional knapsack on units with value ``v_ki = value_i + (bonus_i + setup_ki)/U_i`` and time
+``t_i = β1 + ta_i + β4/U_i`` per unit: its greedy (density order) is the LP bound ``B_k``, for all ``k`` at once as
+one ``K × n`` matrix.
 
 **Search.** Subproblems in decreasing ``B_k``: stop when ``B_k ≤ J_inc + tol``. Otherwise a greedy integer fill in
 density order (all constraints) may raise ``J_inc`` (scored by ``formulation.evaluate``); if ``B_k`` still exceeds
@@ -34,8 +37,9 @@ import time
 
 import numpy as np
 
-from solvers.formulation import InfeasibleBatch, check_feasible, evaluate_units, max_time
+from solvers.formulation import InfeasibleBatch, check_feasible, evaluate_units, max_time, seq_knee_terms
 from solvers.instance import DECODE, NEW, OracleInstance
+from solvers.mip import PywraplpAdapter
 from solvers.plan import Plan
 
 _INF = math.inf
@@ -57,7 +61,7 @@ class _Rows:
         cap = np.where(alive, inst.cap, _INF)
         lim = np.where(alive & is_dec, inst.lim, _INF)
         # The fastest non-empty batch: one item at one unit.
-        t_min = lat.b0 + lat.b1 * max(1.0, lat.n_knee) + float(np.min(inst.ta)) + lat.b4 if n else _INF
+        t_min = lat.b0 + lat.b1 * max(1.0, lat.n_knee) + float(np.min(inst.ta)) + lat.seq_time(1) if n else _INF
         cands = np.concatenate([cap[np.isfinite(cap)], lim[np.isfinite(lim)], [m_t]])
         cands = np.minimum(cands, m_t)
         theta = np.unique(cands[cands >= t_min - 1e-15])
@@ -109,7 +113,8 @@ def _greedy(inst: OracleInstance, rows: _Rows, k: int) -> np.ndarray:
     kind, need, upper, ta, remaining = inst.kind, inst.need, inst.upper, inst.ta, inst.remaining
     value, bonus = inst.value, inst.bonus
     room_t = theta - lat.b0 + 1e-15
-    b1, b4, knee = lat.b1, lat.b4, lat.n_knee
+    b1, knee = lat.b1, lat.n_knee
+    seqs = 0
     for i in rows.order[k]:
         if v[i] <= 0:
             break
@@ -125,8 +130,10 @@ def _greedy(inst: OracleInstance, rows: _Rows, k: int) -> np.ndarray:
         if max_tokens is not None:
             hi = min(hi, max_tokens - n_tok)
 
+        seq_cost = lat.seq_time(seqs + 1) - lat.seq_time(seqs)  # this item's β4 (+ β5 while under s_knee)
+
         def fits(c: int) -> bool:  # (1)/(1') at T ≤ θ_k; monotone in c
-            return b1 * max(n_tok + c, knee) + s_time + ta[i] * c + b4 <= room_t
+            return b1 * max(n_tok + c, knee) + s_time + ta[i] * c + seq_cost <= room_t
 
         if hi < 1 or not fits(1):
             continue
@@ -143,7 +150,8 @@ def _greedy(inst: OracleInstance, rows: _Rows, k: int) -> np.ndarray:
             continue
         units[i] = c
         n_tok += c
-        s_time += ta[i] * c + b4
+        s_time += ta[i] * c + seq_cost
+        seqs += 1
         kv += need[i]
         if kind_i == NEW:
             kv_new += need[i]
@@ -226,7 +234,7 @@ def _exact(inst: OracleInstance, rows: _Rows, k: int, incumbent: float, time_lim
             fixed_ok = False
         return (units, "optimal", 0) if fixed_ok else (None, "infeasible", 0)
     theta = float(rows.theta[k])
-    rest = solver.Sum(rest_terms) + lat.b4 * solver.Sum(xsum)
+    rest = solver.Sum(rest_terms + [lat.b4 * x for x in xsum] + seq_knee_terms(PywraplpAdapter(solver), xsum, lat))
     solver.Add(lat.b0 + lat.b1 * solver.Sum(n_terms) + rest <= theta + 1e-15)          # (1) with T ≤ θ_k
     if lat.n_knee > 0:
         solver.Add(lat.b0 + lat.b1 * lat.n_knee + rest <= theta + 1e-15)               # (1')

@@ -10,8 +10,9 @@ its SLO because of this iteration).
 **Constraints.** With ``N = Σ_i c_i``, ``ta_i`` the per-unit time (``β2·(q_i + U_i/2)``, the secant of
 ``c(q + c/2)`` over ``[0, U_i]``, for a chunk; ``β3·ctx_i`` for a decode) and ``b0 = β0 + engine overhead``::
 
-    (1)  T ≥ b0 + β1·N + Σ ta_i·c_i + β4·Σ x_i
-    (1') T ≥ b0 + β1·n_knee + Σ ta_i·c_i + β4·Σ x_i                 (β1·max(N, n_knee): the GEMM floor)
+    (1)  T ≥ b0 + β1·N + Σ ta_i·c_i + β4·Σ x_i + β5·w
+    (1') T ≥ b0 + β1·n_knee + Σ ta_i·c_i + β4·Σ x_i + β5·w          (β1·max(N, n_knee): the GEMM floor)
+    (1s) w ≥ Σ x_i − (n − s_knee)·y ;  w ≥ s_knee·y ;  0 ≤ w ≤ s_knee ;  y ∈ {0,1}
     (2)  x_i ≤ c_i ≤ U_i·x_i                         i ∈ P ∪ W        (U_i = min(remaining, oracle.chunk_cap))
     (3)  c_i = x_i                                   i ∈ D            (a decode computes one token)
     (4)  Σ need_i·x_i ≤ F ;  Σ_{i∈W} need_i·x_i ≤ F − watermark      (KV: a new prompt takes its whole
@@ -21,6 +22,11 @@ its SLO because of this iteration).
     (6)  T ≤ cap_i + M6_i·(1 − x_i) + M6_i·z_i       alive i, cap_i < ∞     (member: its iteration-level SLO)
     (7)  T ≤ lim_i + M7_i·x_i + M7_i·z_i             alive i ∈ D, lim_i < ∞ (skipped decode: next token in time)
     (8)  m_i·f_i ≤ c_i                               i with a completion bonus
+
+(1s) is ``w = min(Σ x_i, s_knee)``, the concave per-sequence term of a CPU profile (``runtime.sim.cost_model``;
+``β5 = 0``, and no ``w``, ``y``, elsewhere), with one binary ``y`` (1: the batch reaches ``s_knee`` sequences):
+``y = 0`` forces ``w ≥ Σ x_i`` and ``y = 1`` forces ``w ≥ s_knee``, so the least ``w`` any ``y`` allows is the min,
+and a larger ``w`` only raises ``T``. With ``n ≤ s_knee`` items ``w = Σ x_i`` is written directly.
 
 ``cap_i = (1 − margin)·(d_i − now)`` for a decode (gap semantics), ``(1 − margin)·S^tbt_i`` for a chunk;
 ``lim_i = (1 − margin)·(d_i − now − T_floor)`` with ``T_floor = T̂`` of a decode-only step of all current
@@ -47,7 +53,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from solvers.instance import DECODE, NEW, OracleInstance
+from solvers.instance import DECODE, NEW, Latency, OracleInstance
 
 _INF = math.inf
 TIME_TOL = 1e-12
@@ -71,7 +77,7 @@ def secant_time(inst: OracleInstance, units: np.ndarray) -> float:
         return 0.0
     lat = inst.latency
     n = float(units.sum())
-    return lat.b0 + lat.b1 * max(n, lat.n_knee) + float(inst.ta @ units) + lat.b4 * float(members.sum())
+    return lat.b0 + lat.b1 * max(n, lat.n_knee) + float(inst.ta @ units) + lat.seq_time(float(members.sum()))
 
 
 def max_time(inst: OracleInstance) -> float:
@@ -129,6 +135,18 @@ def evaluate(inst: OracleInstance, batch: Mapping[str, int], *, check: bool = Tr
     return evaluate_units(inst, units_of(inst, batch), check=check)
 
 
+def seq_knee_terms(m: ModelAdapter, x: list, lat: Latency) -> list:
+    """``β5·w`` with ``w = min(Σ x_i, s_knee)`` by (1s), as terms for ``m.sum``; none when ``β5 = 0``."""
+    if not lat.b5:
+        return []
+    if len(x) <= lat.s_knee:
+        return [lat.b5 * xi for xi in x]
+    w, y = m.num_var("w_seq", 0.0, float(lat.s_knee)), m.bool_var("y_seq")
+    m.add(w >= m.sum(x) - (len(x) - lat.s_knee) * y, "c1s_all")                        # (1s)
+    m.add(w >= lat.s_knee * y, "c1s_knee")                                             # (1s)
+    return [lat.b5 * w]
+
+
 class ModelAdapter(Protocol):
     """What ``write_model`` needs from a MILP API (pywraplp and PuLP adapters in ``solvers.backends``)."""
 
@@ -175,7 +193,8 @@ def write_model(inst: OracleInstance, m: ModelAdapter) -> ModelVars:
     m_t = max_time(inst)
     t = m.num_var("T", 0.0, m_t)
     n_tokens = m.sum(units)
-    rest = m.sum([float(inst.ta[i]) * units[i] for i in range(n)] + [lat.b4 * xi for xi in x])
+    rest = m.sum([float(inst.ta[i]) * units[i] for i in range(n)] + [lat.b4 * xi for xi in x]
+                 + seq_knee_terms(m, x, lat))
     m.add(t >= lat.b0 + lat.b1 * n_tokens + rest, "c1")                               # (1)
     if lat.n_knee > 0:
         m.add(t >= lat.b0 + lat.b1 * lat.n_knee + rest, "c1_knee")                   # (1')

@@ -76,7 +76,9 @@ class OracleParams:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """The linear predictor's coefficients: ``T̂ = b0 + b1·max(N, n_knee) + b2·Σc(q + c/2) + b3·Σctx + b4·|B|``.
+    """The linear predictor's coefficients: ``T̂ = b0 + b1·max(N, n_knee) + b2·Σc(q + c/2) + b3·Σctx + b4·|B|
+    + b5·min(|B|, s_knee)`` (``runtime.sim.cost_model``; ``b5 = 0`` unless a CPU profile fitted the LM head's
+    small-batch staircase).
 
     A CPU profile's settling factor (``runtime.sim.settle``) is left out on purpose: it belongs to the machine's
     recent history, not to the batch, so the Oracle plans with the settled ``T̂`` as every scheduler does, and the
@@ -88,17 +90,24 @@ class Latency:
     b3: float
     b4: float
     n_knee: float = 0.0
+    b5: float = 0.0
+    s_knee: int = 0
 
     @classmethod
     def of(cls, cost_model) -> "Latency":
         """From a ``LinearCostModel`` (its ``beta0 + engine_overhead_s`` is the per-iteration constant)."""
         try:
             return cls(b0=cost_model.beta0 + cost_model.engine_overhead_s, b1=cost_model.beta1, b2=cost_model.beta2,
-                       b3=cost_model.beta3, b4=cost_model.beta4, n_knee=cost_model.n_knee)
+                       b3=cost_model.beta3, b4=cost_model.beta4, n_knee=cost_model.n_knee,
+                       b5=getattr(cost_model, "beta5", 0.0), s_knee=getattr(cost_model, "s_knee", 0))
         except AttributeError:
             raise ConfigError(
                 f"the Oracle needs a linear latency model (beta0..beta4, n_knee); got {type(cost_model).__name__}"
             ) from None
+
+    def seq_time(self, seqs: float) -> float:
+        """The per-sequence part of ``T̂`` for ``|B| = seqs``: ``b4·|B| + b5·min(|B|, s_knee)``."""
+        return self.b4 * seqs + (self.b5 * min(seqs, self.s_knee) if self.b5 else 0.0)
 
     def exact(self, chunks: Iterable[tuple[int, int]], decode_ctx: Iterable[int]) -> float:
         """``T̂`` with the exact quadratic prefill term (what the simulator charges)."""
@@ -108,7 +117,7 @@ class Latency:
             return 0.0
         n = sum(c for c, _ in chunks) + len(decode_ctx)
         return (self.b0 + self.b1 * max(n, self.n_knee) + self.b2 * sum(c * (q + 0.5 * c) for c, q in chunks)
-                + self.b3 * sum(decode_ctx) + self.b4 * seqs)
+                + self.b3 * sum(decode_ctx) + self.seq_time(seqs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +199,7 @@ def max_chunk_alone(lat: Latency, q: int, limit: float) -> float:
     """The largest chunk ``c`` (real) after ``q`` computed tokens with ``T̂({(c, q)}) ≤ limit`` running alone."""
     if limit == _INF:
         return _INF
-    room = limit - lat.b0 - lat.b4
+    room = limit - lat.b0 - lat.seq_time(1)
     a, b = 0.5 * lat.b2, lat.b1 + lat.b2 * q
 
     def root(b_lin: float, rest: float) -> float:

@@ -13,7 +13,7 @@ from solvers.instance import OracleInstance
 from solvers.plan import Plan
 
 
-class _PywraplpAdapter:
+class PywraplpAdapter:
     def __init__(self, solver) -> None:
         self.s = solver
 
@@ -88,7 +88,7 @@ def solve_pywraplp(inst: OracleInstance, *, solver_id: str, time_limit_s: float 
         return Plan(backend=backend, status="solver_missing", message=f"OR-Tools was built without {solver_id}")
     if time_limit_s is not None:
         solver.SetTimeLimit(max(1, int(time_limit_s * 1000)))
-    model = write_model(inst, _PywraplpAdapter(solver))
+    model = write_model(inst, PywraplpAdapter(solver))
     params = pywraplp.MPSolverParameters()
     params.SetDoubleParam(params.RELATIVE_MIP_GAP, mip_gap)
     code = solver.Solve(params)

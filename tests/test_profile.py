@@ -188,7 +188,8 @@ def test_served_calibration_fits_on_the_steps_of_live_runs(served):
         (out / "cm" / "tiny_cpu.yaml").read_text().splitlines()[0]
     m = instantiate(OmegaConf.load(out / "cm" / "tiny_cpu.yaml"))
     pred = (m.beta0 + m.beta1 * np.maximum(serve.num_tokens, m.n_knee) + m.beta2 * serve.prefill_attn_work
-            + m.beta3 * serve.sum_decode_ctx + m.beta4 * serve.num_seqs)
+            + m.beta3 * serve.sum_decode_ctx + m.beta4 * serve.num_seqs
+            + m.beta5 * np.minimum(serve.num_seqs, m.s_knee))
     # Decode-only served steps carry the settling factor of their distance to the last prefill.
     for _, group in serve.groupby(runs):
         since = steps_since_prefill((group.num_prefill_tokens > 0).tolist())
@@ -210,6 +211,8 @@ def test_served_calibration_fits_on_the_steps_of_live_runs(served):
     ("serve_requests", 0, "serve_requests"),
     ("serve_grid_weight", -1, "serve_grid_weight"),
     ("fit_settle", "yes", "fit_settle"),
+    ("max_seq_knee", 1, "max_seq_knee"),
+    ("max_seq_knee", True, "max_seq_knee"),
 ])
 def test_served_calibration_options_are_checked(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -247,6 +250,30 @@ def test_fit_rows_fits_the_settling_on_served_steps_only():
     for plain in (profile.fit_rows(frame, {**opts, "fit_settle": False}),
                   profile.fit_rows(frame.drop(columns="since_prefill"), opts)):
         assert plain.settle_amplitude == 0.0 and plain.train_mape > 1.0
+
+
+def test_fit_rows_fits_a_seq_knee_only_where_it_pays():
+    """Decode-only and mixed compositions whose first 6 sequences cost 0.4 ms more each (a staircase's line);
+    with a linear truth, or with ``max_seq_knee = 0``, no such term."""
+    rng = np.random.default_rng(7)
+    d = rng.integers(1, 40, 400)
+    c = np.where(rng.random(400) < 0.3, rng.integers(16, 256, 400), 0)
+    frame = pd.DataFrame(dict(split="train", kind=np.where(c > 0, "mixed", "decode"), num_tokens=c + d,
+                              num_prefill_tokens=c, num_decodes=d, prefill_attn_work=c * c / 2.0,
+                              sum_decode_ctx=d * 300.0, num_seqs=d + (c > 0)))
+    x = profile.design(*(frame[k].to_numpy(float) for k in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
+                                                             "num_seqs")), 0.0)
+    beta = np.array([2e-3, 5e-5, 1e-8, 1e-6, 1e-4])
+    opts = {**profile.DEFAULTS}
+    frame["time_s"] = x @ beta + 4e-4 * np.minimum(frame.num_seqs, 6)
+    fit = profile.fit_rows(frame, opts)
+    assert fit.s_knee == 6 and fit.train_mape < 0.1
+    assert np.allclose(fit.beta, [*beta, 4e-4], rtol=1e-3)
+    plain = profile.fit_rows(frame, {**opts, "max_seq_knee": 0})
+    assert plain.s_knee == 0 and len(plain.beta) == 5 and plain.train_mape > 1.0
+    frame["time_s"] = x @ beta
+    linear = profile.fit_rows(frame, opts)
+    assert linear.s_knee == 0 and np.allclose(linear.beta, beta, rtol=1e-3)
 
 
 def test_refit_profile_gives_back_the_profilers_fit_from_its_measurements(served, tmp_path):

@@ -13,7 +13,8 @@ per kind; null: 30 full, 4 quick), ``out`` (folder of the YAML; null: ``conf/cos
 an existing YAML), ``seed``, ``engine_overhead_s`` (written as is; default 0, see below), and the served
 calibration's ``serve_rates`` (req/s; empty, the default, turns it off), ``serve_schedulers`` (sarathi, vllm),
 ``serve_workload`` (live_small), ``serve_requests`` (200), ``serve_seed`` (1), ``serve_grid_weight`` (5) and
-``fit_settle`` (true: fit the settling factor on the served steps, below).
+``fit_settle`` (true: fit the settling factor on the served steps, below), and ``max_seq_knee`` (32: the largest
+``s_knee`` of the concave per-sequence term ``β5·min(|B|, s_knee)``, below; 0 leaves the term out).
 ``runtime=live`` is implied and every ``runtime.*`` key (device, dtype, threads, checkpoint) is the live run's. The
 YAML is ``<out>/<model>_<hardware>.yaml``, the name ``cost_model: ${model}_${hardware}`` resolves to, so
 ``accelgen runtime=live model=<m>`` plans with it and ``accelgen runtime=sim model=<m> hardware=<hw>`` simulates
@@ -72,7 +73,11 @@ CSV). With ``fit_settle`` (the default) the fit adds the simulator's settling fa
 steps (``runtime.sim.settle``: ``(a, ρ)`` searched at the history-free fit's knee, then the knee on times
 deflated by it, alternating until the knee stays; ``fit_rows``) and writes ``settle_amplitude`` and
 ``settle_decay``; the grid, timed settled, keeps ``k = −1``. It is kept only where it lowers the weighted MAPE, so a
-machine without settling gets ``a = 0``.
+machine without settling gets ``a = 0``. Each round of that alternation also searches
+``s_knee`` in 2 .. ``max_seq_knee`` for the cost model's ``β5·min(|B|, s_knee)``, the LM head's small-batch
+staircase on a CPU (``runtime.sim.cost_model``), on grid and served rows alike; it is kept only where it lowers the
+weighted MAPE by more than 1 % of it (``profile_fit.SEQ_KNEE_MIN_GAIN``: the term costs the Oracle a binary), so
+``β5 = 0`` where the step time is linear in ``|B|``.
 """
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ DEFAULT_OUT = CONF_PATH / "cost_model"
 DEFAULTS = dict(grid="full", repeats=5, warmup=1, settle=1, settle_s=0.05, stat="median", small_batch_weight=4.0,
                 heldout=None, out=None, overwrite=False, seed=0, engine_overhead_s=0.0, serve_rates=[],
                 serve_schedulers=["sarathi", "vllm"], serve_workload="live_small", serve_requests=200, serve_seed=1,
-                serve_grid_weight=5.0, fit_settle=True)
+                serve_grid_weight=5.0, fit_settle=True, max_seq_knee=32)
 STATS = {"median": np.median, "min": np.min}
 HELDOUT = {"full": 30, "quick": 4}
 MAX_SETTLE_RUNS = 32
@@ -331,6 +336,9 @@ def _options(cfg: DictConfig, overrides: dict) -> dict:
         raise ConfigError(f"profile.serve_requests must be an integer >= 1, got {opts['serve_requests']!r}")
     if not isinstance(opts["fit_settle"], bool):
         raise ConfigError(f"profile.fit_settle must be true or false, got {opts['fit_settle']!r}")
+    seq_knee = opts["max_seq_knee"]
+    if isinstance(seq_knee, bool) or not isinstance(seq_knee, int) or seq_knee < 0 or seq_knee == 1:
+        raise ConfigError(f"profile.max_seq_knee must be 0 (no s_knee term) or an integer >= 2, got {seq_knee!r}")
     if opts["heldout"] is None:
         opts["heldout"] = HELDOUT.get(opts["grid"], 4)
     if not (isinstance(opts["heldout"], int) and opts["heldout"] >= 1):
@@ -519,9 +527,8 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
     frame = frame.drop(columns=["chunks", "decodes"])
     frame, fit_error = fit_report(frame, fit)
     tr, ho, sv = (frame[frame.split == split] for split in ("train", "heldout", "serve"))
-    b0, b1, b2, b3, b4 = (float(x) for x in fit.beta)
-    cm = LinearCostModel(beta0=b0, beta1=b1, beta2=b2, beta3=b3, beta4=b4, n_knee=fit.n_knee,
-                         engine_overhead_s=float(opts["engine_overhead_s"]))
+    fields = cost_model_payload(name, fit, opts, source="")
+    cm = LinearCostModel(**{k: v for k, v in fields.items() if not k.startswith("_") and k != "source"})
     fit_error.update(probe.summary(cm))
     counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
     where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
@@ -545,7 +552,10 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
         source += ("; settling (runtime.sim.settle) fitted on the served steps: a decode-only step k steps after one "
                    "with prefill tokens takes 1 + settle_amplitude * settle_decay^k times T(B)"
                    if fit.settle_amplitude else "; no settling term (profile.fit_settle=false, or none fitted better)")
-    payload = {**cost_model_payload(name, fit, opts, source), "fit_error": fit_error}
+    source += (f"; the first s_knee = {fit.s_knee} sequences of a step cost beta5 more each (the LM head's small-batch "
+               "staircase)" if fit.s_knee and len(fit.beta) > 5 and fit.beta[5] > 0 else
+               "; no per-sequence knee (profile.max_seq_knee=0, or none fitted better)")
+    payload = {**fields, "source": source, "fit_error": fit_error}
     args = header_args(cfg, opts, model.name, hardware.name)
     text = HEADER.format(args=args) + yaml.safe_dump(payload, sort_keys=False, width=10_000)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -573,6 +583,8 @@ def format_result(result: dict) -> str:
           if "serve" in e else []),
         *([f"  settling: a decode-only step k steps after a prefill takes x(1 + {result['settle_amplitude']:.3f} * "
            f"{result['settle_decay']:g}^k)"] if result.get("settle_amplitude") else []),
+        *([f"  per-sequence knee: each of a step's first {result['s_knee']} sequences costs "
+           f"{result['beta5'] * 1e6:.1f} us more"] if result.get("beta5") else []),
         *([f"  speed probe: level x{e['probe_level']:.3f} of the fit over {e['num_probes']} probes, spread "
            f"{e['probe_spread_pct']:.1f} %"] if "probe_level" in e else []),
         *([f"  warning: the machine's speed moved by {e['probe_spread_pct']:.0f} % while it was profiled (speed "

@@ -5,7 +5,7 @@ and the YAML's ``fit_error`` and fields. The profiler fits with these functions,
 Fit. With ``N = Σ_P c + D``, ``W = Σ_P c·(q + c/2)``, ``S = Σ_D ctx`` and ``|B| = |P| + D`` (the features of
 ``runtime.sim.cost_model``)::
 
-    T̂(B) = β0 + β1·max(N, n_knee) + β2·W + β3·S + β4·|B|
+    T̂(B) = β0 + β1·max(N, n_knee) + β2·W + β3·S + β4·|B| [+ β5·min(|B|, s_knee)]
 
 ``β ≥ 0`` by non-negative least squares on rows divided by their measured time ``t`` (minimises
 ``Σ w²·((T̂ − t)/t)²``, relative error, since MAPE is the metric; ``weighted_nnls``), for every ``n_knee`` in
@@ -29,21 +29,29 @@ Settling (served steps only: each carries ``since_prefill``, the number ``k`` of
 step with prefill tokens; grid and held-out compositions, timed settled, have ``k = −1``). With
 ``profile.fit_settle`` the fit adds the simulator's factor ``1 + a·ρ^k`` on decode-only steps
 (``runtime.sim.settle``): ``(a, ρ)`` at the current knee, then the knee again on times divided by the factor,
-alternating until the knee stays (at most ``SETTLE_ROUNDS``). The result replaces the history-free fit only where
-it lowers the weighted MAPE.
+alternating until the knee stays. The result replaces the history-free fit only where it lowers the weighted MAPE.
+
+Per-sequence knee (``profile.max_seq_knee``, default 32; 0: off). The cost model's ``β5·min(|B|, s_knee)``
+(``runtime.sim.cost_model``): in each round, after the settling, ``s_knee`` in ``2 .. max_seq_knee`` by the lowest
+weighted MAPE at the current ``n_knee``, then ``n_knee`` again with that column. The LM head's staircase on a CPU
+(4–12 decodes run 10–15 % above a line through 1–3 and 13+) is what it follows; a new ``s_knee`` must lower the
+weighted MAPE by more than ``SEQ_KNEE_MIN_GAIN`` (1 %) of it, since the term costs the Oracle one binary per step
+(``solvers/formulation.py``, (1s)) and a machine whose step time is linear in ``|B|`` should not pay that. Rounds
+stop when both knees stay (at most ``FIT_ROUNDS``).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from runtime.sim.linear_fit import Fit, design, fit_linear
+from runtime.sim.linear_fit import Fit, design, fit_linear, weighted_nnls
 from runtime.sim.settle import factors as settle_factors
 from runtime.sim.settle import fit_settle, steps_since_prefill
 
 KINDS = ("decode", "prefill", "mixed")
 SMALL_BATCH = 3  # decode-only compositions of at most this many decodes get profile.small_batch_weight
-SETTLE_ROUNDS = 3  # alternations of the settling factor and the knee (fit_rows); the knee is stable after one or two
+FIT_ROUNDS = 3  # rounds of fit_rows (settling, s_knee, n_knee); the knees are stable after one or two
+SEQ_KNEE_MIN_GAIN = 0.01  # s_knee > 0 must lower the weighted MAPE by this share of it: a binary in the Oracle
 FEATURES = ("num_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs")  # N, W, S, |B|: design()'s order
 
 
@@ -65,25 +73,36 @@ def fit_weights(rows: pd.DataFrame, opts: dict) -> np.ndarray:
 
 def fit_rows(rows: pd.DataFrame, opts: dict) -> Fit:
     """``fit_linear`` over grid and served rows, weighted by ``fit_weights``; with served rows and
-    ``profile.fit_settle``, the settling factor too (``runtime.sim.settle``): ``(a, ρ)`` at the current knee, then
-    the knee searched again on the times deflated by that factor, until the knee stays (at most ``SETTLE_ROUNDS``)."""
+    ``profile.fit_settle``, the settling factor (``runtime.sim.settle``), and with ``profile.fit_seq_knee`` the
+    concave ``β5·min(|B|, s_knee)`` for ``s_knee`` up to ``profile.max_seq_knee`` (0: none), by rounds (module
+    docstring) until the knees stay (at most ``FIT_ROUNDS``)."""
     weights = fit_weights(rows, opts)
     feats = features_of(rows)
     t = rows.time_s.to_numpy(float)
-    fit = fit_linear(*feats, t, weights=weights)
-    if not opts["fit_settle"] or "since_prefill" not in rows:
-        return fit
-    k, decode_only = rows.since_prefill.to_numpy(), (rows.num_prefill_tokens == 0).to_numpy()
-    best, knee = fit, fit.n_knee
-    for _ in range(SETTLE_ROUNDS):
-        found = fit_settle(design(*feats, knee), t, weights, k, decode_only)
-        if found.amplitude == 0.0:
-            break
-        again = fit_linear(*feats, t / settle_factors(k, decode_only, found.amplitude, found.decay), weights=weights)
+    best = fit_linear(*feats, t, weights=weights)
+    settle = bool(opts["fit_settle"]) and "since_prefill" in rows
+    seq_knees = range(2, int(opts.get("max_seq_knee", 0)) + 1)
+    if not settle and not seq_knees:
+        return best
+    k = rows.since_prefill.to_numpy() if settle else np.full(len(rows), -1)
+    decode_only = (rows.num_prefill_tokens == 0).to_numpy()
+    amplitude = decay = 0.0
+    knee, s_knee = best.n_knee, 0
+    for _ in range(FIT_ROUNDS):
+        if settle:
+            found = fit_settle(design(*feats, knee, s_knee), t, weights, k, decode_only)
+            amplitude, decay = found.amplitude, found.decay
+        target = t / settle_factors(k, decode_only, amplitude, decay)
+        last = s_knee
+        if seq_knees:
+            errors = {s: weighted_nnls(design(*feats, knee, s), target, weights)[1] for s in (0, *seq_knees)}
+            s_knee = min(errors, key=errors.get)
+            s_knee = s_knee if errors[s_knee] < errors[0] * (1 - SEQ_KNEE_MIN_GAIN) - 1e-9 else 0  # not rounding
+        again = fit_linear(*feats, target, weights=weights, s_knee=s_knee)
         if again.train_mape < best.train_mape:
-            best = Fit(again.beta, again.n_knee, again.train_mape, settle_amplitude=found.amplitude,
-                       settle_decay=found.decay)
-        if again.n_knee == knee:
+            best = Fit(again.beta, again.n_knee, again.train_mape, settle_amplitude=amplitude, settle_decay=decay,
+                       s_knee=s_knee)
+        if again.n_knee == knee and s_knee == last:
             break
         knee = again.n_knee
     return best
@@ -113,7 +132,7 @@ def fit_report(frame: pd.DataFrame, fit: Fit) -> tuple[pd.DataFrame, dict]:
     configured engine overhead (it is not part of what was measured); served steps carry the settling factor, as
     the simulator applies it, while grid and held-out compositions were timed settled."""
     frame = frame.copy()
-    frame["pred_s"] = design(*features_of(frame), fit.n_knee) @ fit.beta
+    frame["pred_s"] = design(*features_of(frame), fit.n_knee, fit.s_knee) @ fit.beta
     if "since_prefill" in frame:
         frame["pred_s"] *= settle_factors(frame.since_prefill.to_numpy(), (frame.num_prefill_tokens == 0).to_numpy(),
                                           fit.settle_amplitude, fit.settle_decay)
@@ -133,9 +152,9 @@ def fit_report(frame: pd.DataFrame, fit: Fit) -> tuple[pd.DataFrame, dict]:
 
 def cost_model_payload(name: str, fit: Fit, opts: dict, source: str) -> dict:
     """The cost-model YAML's fields (``runtime.sim.cost_model.LinearCostModel``)."""
-    b0, b1, b2, b3, b4 = (float(x) for x in fit.beta)
+    b0, b1, b2, b3, b4, b5 = (float(x) for x in (*fit.beta, 0.0)[:6])
     return {"_target_": "runtime.sim.cost_model.LinearCostModel", "_convert_": "all", "name": name,
-            "beta0": b0, "beta1": b1, "beta2": b2, "beta3": b3, "beta4": b4,
+            "beta0": b0, "beta1": b1, "beta2": b2, "beta3": b3, "beta4": b4, "beta5": b5, "s_knee": int(fit.s_knee),
             "engine_overhead_s": float(opts["engine_overhead_s"]), "n_knee": float(fit.n_knee), "noise_cv": 0.0,
             "seed": 0, "settle_amplitude": float(fit.settle_amplitude), "settle_decay": float(fit.settle_decay),
             "source": source}

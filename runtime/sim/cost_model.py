@@ -8,13 +8,20 @@ Linear form (``latency.kind: linear``). For a batch ``B`` with prefill chunks ``
           + β2 · Σ_P c_r · (q_r + c_r / 2)               # prefill attention (causal, chunk sees prior context)
           + β3 · Σ_D ctx_r                               # decode attention (KV bytes read)
           + β4 · |B|                                     # per-sequence engine work (sampling, bookkeeping)
+          + β5 · min(|B|, s_knee)                        # per-sequence work that saturates (small-M GEMMs)
 
 and ``T̂(∅) = 0``. ``n_knee = 0`` gives exactly the section-3 form. A positive ``n_knee`` is the roofline floor
 of the GEMMs: below the knee they are memory-bound (weights are read once whatever ``N`` is), above it they are
 compute-bound, so ``β1·max(N, n_knee)`` is the section-3 "roofline" linear term with its knee fitted.
 ``engine_overhead_s`` and ``β4`` are what operator profiles leave out; they are kept apart from the
 operator-fitted ``β0..β3`` so their source can be reported and swapped (section 3, "What operator profiles
-leave out"). Every term is non-decreasing in each ``c_r``, ``q_r``, ``ctx_r`` and in adding a request.
+leave out"). ``β5·min(|B|, s_knee)`` (default ``β5 = 0``: absent; every GPU profile) is concave in ``|B|``: the
+first ``s_knee`` sequences of a step cost ``β4 + β5`` each, the later ones ``β4``. On a CPU the LM head's GEMM
+(one row per sampled sequence against the whole vocabulary) runs a small-M kernel that rereads the weight every
+few rows up to about a dozen rows, and a packed one above (``bench/live_lm_head.py``); a line through that
+staircase under-predicts 4–12 decodes by 10–15 %, which is where a served CPU run spends its steps near
+saturation. The Oracle's MILP takes the term with one binary per step (``solvers/formulation.py``). Every term
+is non-decreasing in each ``c_r``, ``q_r``, ``ctx_r`` and in adding a request.
 
 Noise (``noise_cv > 0``). ``predict`` multiplies by ``X ~ LogNormal(μ, σ²)`` with ``σ² = ln(1 + cv²)``,
 ``μ = −σ²/2`` (so ``E[X] = 1``, ``CV[X] = cv``), drawn from the model's own ``np.random.default_rng(seed)``.
@@ -46,7 +53,8 @@ class LinearCostModel:
     """The linear (optionally knee-floored) iteration-latency model; coefficients in seconds."""
 
     __slots__ = (
-        "beta0", "beta1", "beta2", "beta3", "beta4", "engine_overhead_s", "n_knee", "noise_cv", "seed",
+        "beta0", "beta1", "beta2", "beta3", "beta4", "beta5", "s_knee", "engine_overhead_s", "n_knee", "noise_cv",
+        "seed",
         "settle_amplitude", "settle_decay", "name", "source", "fit_error", "_const", "_sigma", "_mu", "_rng", "_noise",
         "_noise_pos",
     )
@@ -59,6 +67,8 @@ class LinearCostModel:
         beta2: float,
         beta3: float,
         beta4: float,
+        beta5: float = 0.0,
+        s_knee: int = 0,
         engine_overhead_s: float = 0.0,
         n_knee: float = 0.0,
         noise_cv: float = 0.0,
@@ -69,16 +79,21 @@ class LinearCostModel:
         source: str = "",
         fit_error: dict[str, Any] | None = None,
     ) -> None:
-        values = dict(beta0=beta0, beta1=beta1, beta2=beta2, beta3=beta3, beta4=beta4,
+        values = dict(beta0=beta0, beta1=beta1, beta2=beta2, beta3=beta3, beta4=beta4, beta5=beta5, s_knee=s_knee,
                       engine_overhead_s=engine_overhead_s, n_knee=n_knee, noise_cv=noise_cv,
                       settle_amplitude=settle_amplitude, settle_decay=settle_decay)
         for key, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"cost_model.{key} must be a finite number >= 0, got {value!r}")
+        if float(s_knee) != int(s_knee):
+            raise ConfigError(f"cost_model.s_knee must be a whole number of sequences, got {s_knee!r}")
+        if beta5 > 0 and s_knee < 1:
+            raise ConfigError(f"cost_model.beta5 = {beta5!r} needs cost_model.s_knee >= 1 (the sequences it covers)")
         if settle_decay >= 1:
             raise ConfigError(f"cost_model.settle_decay must be below 1 (the slowdown must fade), got {settle_decay!r}")
         self.beta0, self.beta1, self.beta2 = float(beta0), float(beta1), float(beta2)
         self.beta3, self.beta4 = float(beta3), float(beta4)
+        self.beta5, self.s_knee = float(beta5), int(s_knee)
         self.engine_overhead_s, self.n_knee, self.noise_cv = float(engine_overhead_s), float(n_knee), float(noise_cv)
         self.seed, self.name, self.source = int(seed), str(name), str(source)
         self.settle_amplitude, self.settle_decay = float(settle_amplitude), float(settle_decay)
@@ -104,6 +119,7 @@ class LinearCostModel:
             + self.beta2 * prefill_attn_work
             + self.beta3 * sum_decode_ctx
             + self.beta4 * num_seqs
+            + self.beta5 * (num_seqs if num_seqs < self.s_knee else self.s_knee)
         )
 
     def predict_deterministic(
@@ -125,6 +141,7 @@ class LinearCostModel:
             + self.beta2 * work
             + self.beta3 * sum(decode_context_lens)
             + self.beta4 * num_seqs
+            + self.beta5 * (num_seqs if num_seqs < self.s_knee else self.s_knee)
         )
 
     def predict(self, prefill_chunks: Sequence[tuple[int, int]], decode_context_lens: Sequence[int]) -> float:
@@ -144,7 +161,8 @@ class LinearCostModel:
         """A noise-free twin with the same coefficients (for schedulers that only know ``predict``)."""
         return LinearCostModel(
             beta0=self.beta0, beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, beta4=self.beta4,
-            engine_overhead_s=self.engine_overhead_s, n_knee=self.n_knee, noise_cv=0.0, seed=self.seed,
+            beta5=self.beta5, s_knee=self.s_knee, engine_overhead_s=self.engine_overhead_s, n_knee=self.n_knee,
+            noise_cv=0.0, seed=self.seed,
             settle_amplitude=self.settle_amplitude, settle_decay=self.settle_decay, name=self.name, source=self.source,
             fit_error=self.fit_error,
         )
@@ -162,6 +180,7 @@ class LinearCostModel:
             f"LinearCostModel(name={self.name!r}, beta0={self.beta0:.4g}, beta1={self.beta1:.4g}, "
             f"beta2={self.beta2:.4g}, beta3={self.beta3:.4g}, beta4={self.beta4:.4g}, "
             f"engine_overhead_s={self.engine_overhead_s:.4g}, n_knee={self.n_knee:g}, noise_cv={self.noise_cv:g}"
+            + (f", beta5={self.beta5:.4g}, s_knee={self.s_knee}" if self.beta5 else "")
             + (f", settle_amplitude={self.settle_amplitude:.4g}, settle_decay={self.settle_decay:.4g}"
                if self.settle_amplitude else "") + ")"
         )

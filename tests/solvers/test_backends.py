@@ -152,6 +152,10 @@ TARGETED = [
     ("knee",  # T >= 31 ms under the knee: the 25 ms cap of the bonus prompt can never be met
      spec_of([new(20, 1, 0.025), new(40, 10, 0.2), dec(20, 8, 3, 1.0)], latency=(1e-3, 1e-3, 0.0, 0.0, 0.0, 30.0)),
      lambda s: build_from_spec(respec(s, latency=(1e-3, 1e-3, 0.0, 0.0, 0.0, 0.0)))),
+    ("seq_knee",  # T = 1 ms + 1 ms/token + 4 ms·min(|B|, 1): 2 decodes leave 23 tokens of the 30 ms cap, not 17
+     spec_of([dec(20, 8, 3, 1.0), dec(20, 8, 3, 1.0), new(40, 4, 0.03)],
+             latency=(1e-3, 1e-3, 0.0, 0.0, 0.0, 0.0, 4e-3, 1)),
+     lambda s: build_from_spec(respec(s, latency=(1e-3, 1e-3, 0.0, 0.0, 4e-3, 0.0)))),
     ("footprint",  # blocks(p + o): 12 for x (worth 0.417), 2 for y (0.4); 4 left after the running decode's 12
      spec_of([dec(8, 40, 1, 1.0), new(8, 40, 1.0), new(4, 2, 1.0)], block_size=4, free=14, slots=1, eta=0.1,
              kv_mode="footprint"),

@@ -132,7 +132,8 @@ def specs(draw):
                           ttft=max(left, 0.0) + draw(st.floats(0.01, 0.5, **floats)), dead=draw(dead)))
     latency = (draw(st.sampled_from([0.0, 1e-3, 5e-3])), draw(st.floats(5e-5, 1e-3, **floats)),
                draw(st.sampled_from([0.0, 1e-6, 2e-5])), draw(st.sampled_from([0.0, 1e-6, 1e-5])),
-               draw(st.sampled_from([0.0, 1e-5, 1e-3])), draw(st.sampled_from([0.0, 0.0, 8.0, 30.0])))
+               draw(st.sampled_from([0.0, 1e-5, 1e-3])), draw(st.sampled_from([0.0, 0.0, 8.0, 30.0])),
+               draw(st.sampled_from([0.0, 0.0, 2e-3])), draw(st.integers(1, 3)))  # b5·min(|B|, s_knee)
     params = dict(c_done=draw(st.sampled_from([0.0, 0.5, 0.9])), eta=draw(st.sampled_from([None, 0.0, 0.1])),
                   urgency_theta=draw(st.sampled_from([0.0, 2.0])), margin=draw(st.sampled_from([0.0, 0.05, 0.3])),
                   chunk_cap=draw(st.none() | st.integers(1, 40)), max_tokens=draw(st.none() | st.integers(1, 80)),
@@ -177,7 +178,9 @@ def reference(inst, *, limit_tol: float = TIME_TOL) -> Reference:
     if inst.max_tokens is not None:
         ok &= u.sum(axis=1) <= inst.max_tokens
     lat = inst.latency
-    t = lat.b0 + lat.b1 * np.maximum(u.sum(axis=1), lat.n_knee) + u @ inst.ta + lat.b4 * x.sum(axis=1)
+    seqs = x.sum(axis=1)
+    t = (lat.b0 + lat.b1 * np.maximum(u.sum(axis=1), lat.n_knee) + u @ inst.ta + lat.b4 * seqs
+         + lat.b5 * np.minimum(seqs, lat.s_knee))
     t = np.where(x.any(axis=1), t, 0.0)[:, None]
     member_fail = x & inst.alive & (t > inst.cap + limit_tol)
     skip_fail = ~x & inst.alive & (inst.kind == DECODE) & (t > inst.lim + limit_tol)
@@ -450,3 +453,24 @@ def test_plan_gap_is_relative_to_the_objective(objective, bound, gap):
 def test_plan_is_usable_only_with_a_batch_from_a_finished_or_timed_out_solve(status, batch, usable):
     assert Plan(backend="x", status=status, batch=batch).usable is usable
     assert Plan(backend="x", status=status).gap == math.inf
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 500)), max_size=3),
+       st.lists(st.integers(1, 2000), max_size=20), st.sampled_from([0.0, 3e-4]), st.integers(1, 16),
+       st.sampled_from([0.0, 64.0]))
+def test_latency_is_the_cost_models_prediction_seq_knee_included(chunks, ctx, b5, s_knee, n_knee):
+    """The Oracle's ``Latency`` of a ``LinearCostModel`` charges what the simulator does, ``β5·min(|B|, s_knee)``
+    included, and ``max_chunk_alone`` is the largest chunk that fits a limit on its own under it."""
+    from runtime.sim.cost_model import LinearCostModel
+    from solvers.instance import max_chunk_alone
+
+    cm = LinearCostModel(beta0=2e-3, beta1=5e-5, beta2=3e-8, beta3=1e-6, beta4=1e-4, beta5=b5, s_knee=s_knee,
+                         n_knee=n_knee, engine_overhead_s=1e-4)
+    lat = Latency.of(cm)
+    assert (lat.b5, lat.s_knee) == (b5, s_knee)
+    assert lat.exact(chunks, ctx) == pytest.approx(cm.predict_deterministic(chunks, ctx), rel=1e-12, abs=1e-15)
+    limit, q = 0.02, chunks[0][1] if chunks else 0
+    c = math.floor(max_chunk_alone(lat, q, limit) + 1e-9)
+    assert cm.predict_deterministic([(c, q)], []) <= limit * (1 + 1e-12)
+    assert cm.predict_deterministic([(c + 1, q)], []) > limit

@@ -44,10 +44,38 @@ def test_sums_match_lists_and_empty_batch() -> None:
     assert isinstance(m, CostModel)
 
 
+def test_seq_knee_charges_beta5_for_the_first_s_knee_sequences_only() -> None:
+    m = make(beta5=3e-4, s_knee=2)
+    plain = make()
+    # |B| = 1, 2: β5 per sequence; |B| = 3, 4: still 2·β5.
+    for dec, extra in (([10], 3e-4), ([10, 30], 6e-4), ([10, 30, 50], 6e-4), ([10, 30, 50, 70], 6e-4)):
+        assert m.predict([], dec) == pytest.approx(plain.predict([], dec) + extra, rel=1e-12)
+    assert m.predict([(100, 50)], [10, 30]) == pytest.approx(0.0053504 + 6e-4, rel=1e-12)
+    t = m.predict_from_sums(num_prefill_tokens=100, prefill_attn_work=10_000, num_decodes=2, sum_decode_ctx=40,
+                            num_seqs=3)
+    assert t == pytest.approx(m.predict([(100, 50)], [10, 30]), rel=1e-12)
+    twin = m.deterministic()
+    assert (twin.beta5, twin.s_knee) == (3e-4, 2) and twin.predict([], [1, 2, 3]) == m.predict([], [1, 2, 3])
+    assert m.predict([], []) == 0.0
+    assert "s_knee=2" in repr(m) and "s_knee" not in repr(plain)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(beta5=1e-4), "needs cost_model.s_knee >= 1"),
+    (dict(beta5=1e-4, s_knee=2.5), "whole number"),
+    (dict(s_knee=-1), "s_knee"),
+    (dict(beta5=-1e-4, s_knee=2), "beta5"),
+])
+def test_a_seq_knee_term_that_cannot_apply_is_a_config_error(overrides, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make(**overrides)
+
+
 @settings(max_examples=200, deadline=None)
-@given(chunks, decodes, st.integers(0, 512), st.integers(0, 3), st.integers(1, 512), st.integers(1, 8192))
-def test_monotone_in_chunk_size_and_membership(pf, dec, knee, idx, grow, new_ctx) -> None:
-    m = make(n_knee=knee)
+@given(chunks, decodes, st.integers(0, 512), st.integers(0, 3), st.integers(1, 512), st.integers(1, 8192),
+       st.sampled_from([(0.0, 0), (5e-4, 1), (5e-4, 12)]))
+def test_monotone_in_chunk_size_and_membership(pf, dec, knee, idx, grow, new_ctx, seq) -> None:
+    m = make(n_knee=knee, beta5=seq[0], s_knee=seq[1])
     base = m.predict(pf, dec)
     if pf:
         i = idx % len(pf)
