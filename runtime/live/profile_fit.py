@@ -73,9 +73,9 @@ def fit_weights(rows: pd.DataFrame, opts: dict) -> np.ndarray:
 
 def fit_rows(rows: pd.DataFrame, opts: dict) -> Fit:
     """``fit_linear`` over grid and served rows, weighted by ``fit_weights``; with served rows and
-    ``profile.fit_settle``, the settling factor (``runtime.sim.settle``), and with ``profile.fit_seq_knee`` the
-    concave ``β5·min(|B|, s_knee)`` for ``s_knee`` up to ``profile.max_seq_knee`` (0: none), by rounds (module
-    docstring) until the knees stay (at most ``FIT_ROUNDS``)."""
+    ``profile.fit_settle``, the settling factor (``runtime.sim.settle``), and the concave ``β5·min(|B|, s_knee)``
+    for ``s_knee`` up to ``profile.max_seq_knee`` (0: none), by rounds (module docstring) until the knees stay (at
+    most ``FIT_ROUNDS``)."""
     weights = fit_weights(rows, opts)
     feats = features_of(rows)
     t = rows.time_s.to_numpy(float)
