@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     like = yaml.safe_load(like_text)
     if not isinstance(like, dict) or "name" not in like or "beta0" not in like:
         parser.error(f"{args.like} is not a cost-model YAML written by accelgen-profile")
-    measurements = pd.read_csv(args.measurements)
+    measurements = pd.read_csv(args.measurements, float_precision="round_trip")  # the timings the profiler fitted
     missing = {"split", "kind", "num_tokens", "num_prefill_tokens", "prefill_attn_work", "sum_decode_ctx", "num_seqs",
                "time_s"} - set(measurements.columns)
     if missing:

@@ -276,6 +276,26 @@ def test_fit_rows_fits_a_seq_knee_only_where_it_pays():
     assert linear.s_knee == 0 and np.allclose(linear.beta, beta, rtol=1e-3)
 
 
+def test_fit_rows_picks_the_same_seq_knee_through_float_noise():
+    """|B| only 1..6 and 32: every s_knee in 6..31 fits alike (another β4/β5 split); rounding noise, such as a CSV
+    round trip leaves, must not move the choice, which is the smallest of them."""
+    rng = np.random.default_rng(3)
+    d = np.r_[rng.integers(1, 7, 300), np.full(60, 32)]
+    frame = pd.DataFrame(dict(split="train", kind="decode", num_tokens=d, num_prefill_tokens=0, num_decodes=d,
+                              prefill_attn_work=0.0, sum_decode_ctx=d * rng.integers(100, 400, len(d)),
+                              num_seqs=d))
+    x = profile.design(*(frame[k].to_numpy(float) for k in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
+                                                             "num_seqs")), 0.0)
+    frame["time_s"] = x @ np.array([2e-3, 5e-5, 0.0, 1e-6, 1e-4]) + 4e-4 * np.minimum(d, 6)
+    frame["time_s"] *= 1 + rng.normal(0, 0.02, len(d))  # a real fit leaves some error
+    opts = {**profile.DEFAULTS}
+    fit = profile.fit_rows(frame, opts)
+    noisy = frame.assign(time_s=frame.time_s * (1 + rng.uniform(-1e-15, 1e-15, len(d))))
+    again = profile.fit_rows(noisy, opts)
+    assert fit.s_knee == again.s_knee == 6
+    assert np.allclose(fit.beta, again.beta, rtol=1e-9)
+
+
 def test_refit_profile_gives_back_the_profilers_fit_from_its_measurements(served, tmp_path):
     """bench/refit_profile.py on the served profile's own CSV and YAML: the same coefficients (CSV round trip), the
     same fit_error, the original source and header kept with a note; refitting twice adds one note, not two."""

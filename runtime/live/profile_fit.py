@@ -96,8 +96,10 @@ def fit_rows(rows: pd.DataFrame, opts: dict) -> Fit:
         last = s_knee
         if seq_knees:
             errors = {s: weighted_nnls(design(*feats, knee, s), target, weights)[1] for s in (0, *seq_knees)}
-            s_knee = min(errors, key=errors.get)
-            s_knee = s_knee if errors[s_knee] < errors[0] * (1 - SEQ_KNEE_MIN_GAIN) - 1e-9 else 0  # not rounding
+            # The smallest s_knee within rounding of the best: knees with no |B| between them fit alike (another
+            # split of β4 and β5), and float noise (a CSV round trip) must not pick another one.
+            s_knee = next(s for s in errors if errors[s] <= min(errors.values()) + 1e-9)
+            s_knee = s_knee if errors[s_knee] < errors[0] * (1 - SEQ_KNEE_MIN_GAIN) - 1e-9 else 0
         again = fit_linear(*feats, target, weights=weights, s_knee=s_knee)
         if again.train_mape < best.train_mape:
             best = Fit(again.beta, again.n_knee, again.train_mape, settle_amplitude=amplitude, settle_decay=decay,
