@@ -313,7 +313,8 @@ def test_refit_profile_gives_back_the_profilers_fit_from_its_measurements(served
         with pytest.raises(SystemExit):
             module.main([str(tmp_path / "bad.csv"), "--like", str(like)])
     again = yaml.safe_load((tmp_path / "a.yaml").read_text())
-    for key in ("beta0", "beta1", "beta2", "beta3", "beta4", "n_knee", "settle_amplitude", "settle_decay"):
+    for key in ("beta0", "beta1", "beta2", "beta3", "beta4", "beta5", "s_knee", "n_knee", "settle_amplitude",
+                "settle_decay"):
         assert again[key] == pytest.approx(original[key], rel=1e-9, abs=1e-15), key
     for key in ("iteration", "train", "serve"):
         assert again["fit_error"][key] == pytest.approx(original["fit_error"][key], abs=2e-3), key

@@ -553,7 +553,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                    "with prefill tokens takes 1 + settle_amplitude * settle_decay^k times T(B)"
                    if fit.settle_amplitude else "; no settling term (profile.fit_settle=false, or none fitted better)")
     source += (f"; the first s_knee = {fit.s_knee} sequences of a step cost beta5 more each (the LM head's small-batch "
-               "staircase)" if fit.s_knee and len(fit.beta) > 5 and fit.beta[5] > 0 else
+               "staircase)" if fields["beta5"] > 0 else
                "; no per-sequence knee (profile.max_seq_knee=0, or none fitted better)")
     payload = {**fields, "source": source, "fit_error": fit_error}
     args = header_args(cfg, opts, model.name, hardware.name)
