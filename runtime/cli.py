@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -209,10 +210,13 @@ def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = N
                disable=not cfg.progress, dynamic_ncols=True)
     try:
         executor = parts["executor"]
-        # The live runtime's steps take real time: the clock is the wall clock (idle gaps skipped).
-        clock = WallClock() if getattr(executor, "wall_clock", False) else VirtualClock()
-        result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=clock, progress=bar,
-                        results=sink, iteration_log=stream_log).run()
+        # The live runtime's steps take real time: the clock is the wall clock (idle gaps skipped), and the
+        # garbage collector must not walk the start-up heap inside a step (runtime.live.heap).
+        wall = getattr(executor, "wall_clock", False)
+        clock = WallClock() if wall else VirtualClock()
+        with _frozen_heap() if wall else nullcontext():
+            result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=clock, progress=bar,
+                            results=sink, iteration_log=stream_log).run()
     except BaseException:
         for part in (sink, stream_log):
             if part is not None:
@@ -254,6 +258,12 @@ def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = N
         write_run_outputs(output_dir, requests=frame if sink is None else None, iterations=iterations,
                           summary=summary, tables=tables)
     return summary
+
+
+def _frozen_heap():
+    from runtime.live.heap import frozen_heap  # the live package, only for live runs
+
+    return frozen_heap()
 
 
 def run_description(cfg: DictConfig, parts: dict, frame) -> dict:

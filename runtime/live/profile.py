@@ -46,8 +46,9 @@ hits different compositions in different rounds rather than every repeat of one.
 runs untimed (``settle``/``settle_s``), then once timed: in serving, consecutive steps are alike, and on this CPU a step
 right after a different one is slower for several steps (llama_15m, 2 threads: a single decode takes 5.4 ms right
 after a 2048-token prefill, or after 32 decodes, then 5.0, 4.5, 4.2, ... and 3.6 ms from about the 7th step on),
-which would bias every small batch upwards by up to 50%. The estimate per composition is the **median** of its
-``repeats`` times (``time_s`` in the CSV; ``median_s``, ``min_s``, ``max_s`` and every time are kept too). On a
+which would bias every small batch upwards by up to 50%. The heap is frozen while timing (``runtime.live.heap``), as
+in a live run, so no full garbage collection lands in a timed run. The estimate per composition is the **median**
+of its ``repeats`` times (``time_s`` in the CSV; ``median_s``, ``min_s``, ``max_s`` and every time are kept too). On a
 machine shared with other CPU-bound work, two torch threads on two cores stall at every parallel region
 whenever the other work holds a core, and single steps then take up to 10-80x their quiet time in bursts that
 outlast several rounds; ``profile.stat=min`` (the uncontended time) is the robust choice there, the median is right
@@ -100,6 +101,7 @@ from runtime.core.kv_cache import BlockManager
 from runtime.core.outputs import SchedulerOutput
 from runtime.core.run_log import atomic_write
 from runtime.live.device import cpu_name
+from runtime.live.heap import frozen_heap
 from runtime.sim.cost_model import LinearCostModel
 from runtime.live.profile_fit import (KINDS, SMALL_BATCH, cost_model_payload, fit_linear, fit_report,  # noqa: F401
                                       fit_rows, fit_weights, since_prefill)
@@ -392,8 +394,9 @@ def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool,
             run_cfg.pop("profile", None)  # the profiler's own options are not part of a run's config
         parts = build(run_cfg)
         recorder = RecordingExecutor(parts["executor"])
-        Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],
-               clock=WallClock(skip_idle=True)).run()
+        with frozen_heap():  # as cli.run does for a live run: no full collection inside a step
+            Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],
+                   clock=WallClock(skip_idle=True)).run()
         if between is not None:
             between()
         since = steps_since_prefill([bool(row["chunks"]) for row in recorder.rows])
@@ -487,8 +490,8 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
     rng = np.random.default_rng(opts["seed"])
     show = cfg.get("progress", True) if progress is None else progress
     t0 = time.perf_counter()
-    with tqdm(total=rounds * len(comps), desc=f"profile {model.name}", unit="comp", dynamic_ncols=True,
-              disable=not show, mininterval=0.5) as bar:
+    with frozen_heap(), tqdm(total=rounds * len(comps), desc=f"profile {model.name}", unit="comp",
+                             dynamic_ncols=True, disable=not show, mininterval=0.5) as bar:
         for r in range(rounds):
             for i in rng.permutation(len(comps)):
                 if r >= opts["warmup"]:

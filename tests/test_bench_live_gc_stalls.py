@@ -1,0 +1,42 @@
+"""bench/live_gc_stalls.py: a --quick smoke run (tiny model, seconds). Timings are never asserted: it checks that
+both heap modes ran, that what the bench patched is put back, and that its collector log counts what it sees."""
+import gc
+
+import pandas as pd
+
+from runtime import cli
+from tests.conftest import load_bench
+
+
+def test_quick_run_records_both_heap_modes_and_restores_the_cli(tmp_path):
+    original = cli._frozen_heap
+    with load_bench("live_gc_stalls") as module:
+        assert module.main(["--quick", "--out", str(tmp_path)]) == 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert runs.heap.tolist() == ["unfrozen", "frozen"] and (runs.steps > 0).all()
+    assert (runs[["gen0_in_run", "gen1_in_run", "gen2_in_run", "gen2_in_steps"]] >= 0).all().all()
+    assert (runs.gen2_in_steps <= runs.gen2_in_run).all() and (runs.slowest_decode_step_ms > 0).all()
+    assert "| unfrozen |" in (tmp_path / "table.md").read_text()
+    assert cli._frozen_heap is original and gc.get_freeze_count() == 0
+    assert not any(isinstance(cb, module.CollectorLog) for cb in gc.callbacks)
+
+
+def test_collector_log_tells_the_engine_loop_and_steps_apart():
+    with load_bench("live_gc_stalls") as module:
+        log = module.CollectorLog()
+
+        class Inner:
+            def execute(self, output):
+                log("start", {"generation": 0})
+                log("stop", {"generation": 0, "collected": 0})
+                return output
+
+        log("start", {"generation": 2})
+        log("stop", {"generation": 2, "collected": 0})  # before the first step: not in the run
+        marker = module.StepMarker(Inner(), log)
+        assert marker.execute("out") == "out"
+        log("start", {"generation": 1})
+        log("stop", {"generation": 1, "collected": 0})  # between steps: in the run, not in a step
+    assert [(r["generation"], r["in_run"], r["in_step"]) for r in log.rows] == [
+        (2, False, False), (0, True, True), (1, True, False)]
+    assert all(r["pause_s"] >= 0 for r in log.rows)
