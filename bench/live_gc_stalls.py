@@ -76,9 +76,9 @@ class StepMarker:
 def run_once(args, scheduler: str, rate: float, frozen: bool) -> dict:
     log = CollectorLog()
     cfg = sim_vs_live.compose_cfg(sim_vs_live.common_overrides(args, scheduler, rate) + ["runtime=live"])
-    original = cli._frozen_heap
+    original = cli.frozen_heap
     if not frozen:
-        cli._frozen_heap = contextlib.nullcontext
+        cli.frozen_heap = contextlib.nullcontext
     gc.callbacks.append(log)
     try:
         with sim_vs_live.recording() as recorders, sim_vs_live.wrapped_executors(lambda ex: StepMarker(ex, log)):
@@ -86,7 +86,7 @@ def run_once(args, scheduler: str, rate: float, frozen: bool) -> dict:
             log.in_run = False  # what follows (the summary, the outputs) is after the last token
     finally:
         gc.callbacks.remove(log)
-        cli._frozen_heap = original
+        cli.frozen_heap = original
     rows = recorders[0].rows
     times = np.array([r["step_time"] for r in rows])
     decode_only = np.array([not r["chunks"] for r in rows])

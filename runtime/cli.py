@@ -30,6 +30,7 @@ from runtime.core.kv_cache import BlockManager
 from runtime.core.metrics import kv_activity, requests_frame, summarise
 from runtime.core.result_stream import open_results
 from runtime.core.run_log import write_json, write_run_outputs
+from runtime.live.heap import frozen_heap  # gc only: no torch for simulated runs
 from runtime.report import FAILED_FILE
 from runtime import resume
 from runtime.config_schema import validate_config
@@ -214,7 +215,7 @@ def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = N
         # garbage collector must not walk the start-up heap inside a step (runtime.live.heap).
         wall = getattr(executor, "wall_clock", False)
         clock = WallClock() if wall else VirtualClock()
-        with _frozen_heap() if wall else nullcontext():
+        with frozen_heap() if wall else nullcontext():
             result = Engine(scheduler=scheduler, executor=executor, workload=workload, clock=clock, progress=bar,
                             results=sink, iteration_log=stream_log).run()
     except BaseException:
@@ -258,12 +259,6 @@ def run(cfg: DictConfig, output_dir: Path | None, *, config_hash: str | None = N
         write_run_outputs(output_dir, requests=frame if sink is None else None, iterations=iterations,
                           summary=summary, tables=tables)
     return summary
-
-
-def _frozen_heap():
-    from runtime.live.heap import frozen_heap  # the live package, only for live runs
-
-    return frozen_heap()
 
 
 def run_description(cfg: DictConfig, parts: dict, frame) -> dict:

@@ -9,7 +9,7 @@ from tests.conftest import load_bench
 
 
 def test_quick_run_records_both_heap_modes_and_restores_the_cli(tmp_path):
-    original = cli._frozen_heap
+    original = cli.frozen_heap
     with load_bench("live_gc_stalls") as module:
         assert module.main(["--quick", "--out", str(tmp_path)]) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
@@ -17,7 +17,7 @@ def test_quick_run_records_both_heap_modes_and_restores_the_cli(tmp_path):
     assert (runs[["gen0_in_run", "gen1_in_run", "gen2_in_run", "gen2_in_steps"]] >= 0).all().all()
     assert (runs.gen2_in_steps <= runs.gen2_in_run).all() and (runs.slowest_decode_step_ms > 0).all()
     assert "| unfrozen |" in (tmp_path / "table.md").read_text()
-    assert cli._frozen_heap is original and gc.get_freeze_count() == 0
+    assert cli.frozen_heap is original and gc.get_freeze_count() == 0
     assert not any(isinstance(cb, module.CollectorLog) for cb in gc.callbacks)
 
 
