@@ -7,7 +7,7 @@ Runs each scheduler/rate pair live through ``runtime.cli.run`` (what ``accelgen 
 process: first every pair ``unfrozen`` (``runtime.live.heap.frozen_heap`` replaced by a no-op), then every pair
 ``frozen``, as shipped. Every collection of the cyclic collector is recorded
 (``gc.callbacks``: generation, pause, whether it fell inside a step) and every step's time
-(``RecordingExecutor``). A full (generation-2) collection walks every object of the process, ~365,000 in a live
+(``RecordingExecutor``). A full (generation-2) collection walks every object of the process, ~363,000 in a live
 run, so when one lands inside the engine loop the tokens wait 100–200 ms, 30–60 decode steps' worth.
 
 Outputs in ``--out`` (default ``bench/results/live_gc_stalls``): ``runs.csv`` (one row per run) and ``table.md``.
@@ -34,9 +34,10 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import sim_vs_live  # noqa: E402  (its run composition and its executor recording)
+import sim_vs_live  # noqa: E402  (its run composition and its executor patching)
 from accelgen_vs_baselines import markdown_table  # noqa: E402
 from runtime import cli  # noqa: E402
+from runtime.core.recording import RecordingExecutor  # noqa: E402
 
 
 class CollectorLog:
@@ -56,19 +57,17 @@ class CollectorLog:
                                   in_run=self.in_run, in_step=self.in_step))
 
 
-class StepMarker:
-    """Wraps an executor so the collector log knows when a step runs."""
+class StepMarker(RecordingExecutor):
+    """Records every step (``RecordingExecutor``) and tells the collector log when one runs."""
 
     def __init__(self, inner, log: CollectorLog) -> None:
-        self.inner, self.log = inner, log
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        super().__init__(inner)
+        self.log = log
 
     def execute(self, output):
         self.log.in_run = self.log.in_step = True
         try:
-            return self.inner.execute(output)
+            return super().execute(output)
         finally:
             self.log.in_step = False
 
@@ -81,7 +80,7 @@ def run_once(args, scheduler: str, rate: float, frozen: bool) -> dict:
         cli.frozen_heap = contextlib.nullcontext
     gc.callbacks.append(log)
     try:
-        with sim_vs_live.recording() as recorders, sim_vs_live.wrapped_executors(lambda ex: StepMarker(ex, log)):
+        with sim_vs_live.wrapped_executors(lambda ex: StepMarker(ex, log)) as recorders:
             cli.run(cfg, None)
             log.in_run = False  # what follows (the summary, the outputs) is after the last token
     finally:

@@ -5,6 +5,7 @@ import gc
 import pandas as pd
 
 from runtime import cli
+from runtime.core.outputs import SchedulerOutput, StepResult
 from tests.conftest import load_bench
 
 
@@ -29,12 +30,14 @@ def test_collector_log_tells_the_engine_loop_and_steps_apart():
             def execute(self, output):
                 log("start", {"generation": 0})
                 log("stop", {"generation": 0, "collected": 0})
-                return output
+                return StepResult(sampled_token_ids={}, step_time=0.003)
 
         log("start", {"generation": 2})
         log("stop", {"generation": 2, "collected": 0})  # before the first step: not in the run
         marker = module.StepMarker(Inner(), log)
-        assert marker.execute("out") == "out"
+        assert marker.execute(SchedulerOutput(num_scheduled_tokens={"r": 1}, decode_context_lens=[40],
+                                              decode_req_ids=["r"])).step_time == 0.003
+        assert marker.rows[0]["decodes"] == [40] and marker.rows[0]["step_time"] == 0.003
         log("start", {"generation": 1})
         log("stop", {"generation": 1, "collected": 0})  # between steps: in the run, not in a step
     assert [(r["generation"], r["in_run"], r["in_step"]) for r in log.rows] == [
