@@ -5,7 +5,7 @@
     .venv/bin/python bench/live_lm_head.py --quick --out /tmp/lmh            # smoke: tiny model, seconds
 
 Times decode-only steps of ``--sizes`` decodes, each at context ``--context``, through ``LiveExecutor`` the
-profiler's way (``runtime.live.profile.time_settled``: settling runs of the same batch, then one timed run; the
+profiler's way (``runtime.live.timing.time_settled``: settling runs of the same batch, then one timed run; the
 median of ``--rounds`` rounds, sizes and variants in a seeded random order each round), once per ``--threads``
 value and per variant of the LM head:
 
@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:
 
 from runtime.cli import CONF_DIR  # noqa: E402
 from runtime.live.model import lm_head_block_rows, vocab_blocked_linear  # noqa: E402
-from runtime.live.profile import Composition, Profiler, time_settled  # noqa: E402
+from runtime.live.compositions import Composition  # noqa: E402
+from runtime.live.timing import Profiler, time_settled  # noqa: E402
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 13, 14, 16, 20, 24, 32, 48, 64)
 

@@ -15,7 +15,10 @@ from omegaconf import OmegaConf
 
 from runtime.core.errors import ConfigError
 from runtime.live import profile
+from runtime.live.compositions import HELDOUT, grid_compositions
+from runtime.live.profile_fit import fit_linear, fit_rows
 from runtime.sim.cost_model import LinearCostModel
+from runtime.sim.linear_fit import design
 from runtime.sim.settle import factors, steps_since_prefill
 from tests.conftest import REPO_ROOT, compose_config
 
@@ -52,7 +55,7 @@ def test_yaml_instantiates_as_a_linear_cost_model(profiled):
     errors = m.fit_error
     for key in ("iteration", "iteration_p95", "iteration_decode", "iteration_prefill", "iteration_mixed", "train"):
         assert math.isfinite(errors[key]) and errors[key] >= 0, key
-    assert errors["num_heldout"] == 6 and errors["num_train"] == len(profile.grid_compositions(1024, "quick"))
+    assert errors["num_heldout"] == 6 and errors["num_train"] == len(grid_compositions(1024, "quick"))
 
 
 def test_header_spells_out_what_changes_the_fit():
@@ -66,7 +69,7 @@ def test_header_spells_out_what_changes_the_fit():
     plain = compose_config(["runtime=live", "model=tiny"])
     assert profile.header_args(plain, opts, "tiny", "cpu") == "model=tiny hardware=cpu profile.grid=full"
     # heldout: null resolves to the grid's count (30 for full), which is the default, not an option given.
-    resolved = {**profile.DEFAULTS, "heldout": profile.HELDOUT["full"]}
+    resolved = {**profile.DEFAULTS, "heldout": HELDOUT["full"]}
     assert profile.header_args(plain, resolved, "tiny", "cpu") == "model=tiny hardware=cpu profile.grid=full"
     assert profile.header_args(plain, {**resolved, "heldout": 5}, "tiny", "cpu").endswith("profile.heldout=5")
 
@@ -138,7 +141,7 @@ def test_fit_recovers_known_coefficients():
     ctx = rng.uniform(0, 5e4, 200)
     seqs = rng.integers(1, 64, 200).astype(float)
     t = 1e-3 + 2e-5 * np.maximum(n, 64) + 1e-9 * work + 3e-8 * ctx + 1e-5 * seqs
-    fit = profile.fit_linear(n, work, ctx, seqs, t)
+    fit = fit_linear(n, work, ctx, seqs, t)
     assert fit.train_mape < 1e-3
     assert fit.beta == pytest.approx([1e-3, 2e-5, 1e-9, 3e-8, 1e-5], rel=1e-3)
     assert fit.n_knee == 64
@@ -238,17 +241,17 @@ def test_fit_rows_fits_the_settling_on_served_steps_only():
         has.append(False)
     frame = pd.DataFrame(rows)
     frame["since_prefill"] = np.r_[steps_since_prefill(has[:300]), [-1] * 5]
-    x = profile.design(*(frame[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
+    x = design(*(frame[c].to_numpy(float) for c in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
                                                              "num_seqs")), 0.0)
     s = factors(frame.since_prefill.to_numpy(), (frame.num_prefill_tokens == 0).to_numpy(), 0.25, 0.7)
     frame["time_s"] = x @ beta * s
     opts = {**profile.DEFAULTS, "serve_rates": [1.0]}
-    fit = profile.fit_rows(frame, opts)
+    fit = fit_rows(frame, opts)
     assert fit.settle_decay == 0.7 and fit.settle_amplitude == pytest.approx(0.25, abs=1e-3)
     assert fit.train_mape < 0.1 and np.allclose(fit.beta, beta, rtol=1e-3)
     # Off, or without the served steps' k: the history-free fit, which then misses by the settling.
-    for plain in (profile.fit_rows(frame, {**opts, "fit_settle": False}),
-                  profile.fit_rows(frame.drop(columns="since_prefill"), opts)):
+    for plain in (fit_rows(frame, {**opts, "fit_settle": False}),
+                  fit_rows(frame.drop(columns="since_prefill"), opts)):
         assert plain.settle_amplitude == 0.0 and plain.train_mape > 1.0
 
 
@@ -261,18 +264,18 @@ def test_fit_rows_fits_a_seq_knee_only_where_it_pays():
     frame = pd.DataFrame(dict(split="train", kind=np.where(c > 0, "mixed", "decode"), num_tokens=c + d,
                               num_prefill_tokens=c, num_decodes=d, prefill_attn_work=c * c / 2.0,
                               sum_decode_ctx=d * 300.0, num_seqs=d + (c > 0)))
-    x = profile.design(*(frame[k].to_numpy(float) for k in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
+    x = design(*(frame[k].to_numpy(float) for k in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
                                                              "num_seqs")), 0.0)
     beta = np.array([2e-3, 5e-5, 1e-8, 1e-6, 1e-4])
     opts = {**profile.DEFAULTS}
     frame["time_s"] = x @ beta + 4e-4 * np.minimum(frame.num_seqs, 6)
-    fit = profile.fit_rows(frame, opts)
+    fit = fit_rows(frame, opts)
     assert fit.s_knee == 6 and fit.train_mape < 0.1
     assert np.allclose(fit.beta, [*beta, 4e-4], rtol=1e-3)
-    plain = profile.fit_rows(frame, {**opts, "max_seq_knee": 0})
+    plain = fit_rows(frame, {**opts, "max_seq_knee": 0})
     assert plain.s_knee == 0 and len(plain.beta) == 5 and plain.train_mape > 1.0
     frame["time_s"] = x @ beta
-    linear = profile.fit_rows(frame, opts)
+    linear = fit_rows(frame, opts)
     assert linear.s_knee == 0 and np.allclose(linear.beta, beta, rtol=1e-3)
 
 
@@ -284,14 +287,14 @@ def test_fit_rows_picks_the_same_seq_knee_through_float_noise():
     frame = pd.DataFrame(dict(split="train", kind="decode", num_tokens=d, num_prefill_tokens=0, num_decodes=d,
                               prefill_attn_work=0.0, sum_decode_ctx=d * rng.integers(100, 400, len(d)),
                               num_seqs=d))
-    x = profile.design(*(frame[k].to_numpy(float) for k in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
+    x = design(*(frame[k].to_numpy(float) for k in ("num_tokens", "prefill_attn_work", "sum_decode_ctx",
                                                              "num_seqs")), 0.0)
     frame["time_s"] = x @ np.array([2e-3, 5e-5, 0.0, 1e-6, 1e-4]) + 4e-4 * np.minimum(d, 6)
     frame["time_s"] *= 1 + rng.normal(0, 0.02, len(d))  # a real fit leaves some error
     opts = {**profile.DEFAULTS}
-    fit = profile.fit_rows(frame, opts)
+    fit = fit_rows(frame, opts)
     noisy = frame.assign(time_s=frame.time_s * (1 + rng.uniform(-1e-15, 1e-15, len(d))))
-    again = profile.fit_rows(noisy, opts)
+    again = fit_rows(noisy, opts)
     assert fit.s_knee == again.s_knee == 6
     assert np.allclose(fit.beta, again.beta, rtol=1e-9)
 

@@ -5,7 +5,7 @@ A cost model fitted by ``accelgen-profile`` describes the machine as it was duri
 later, and a simulation of a later live run then misses by that much whatever the cost model's shape. The probe
 separates the two without looking at the run itself: right before (and after) a live run it times a fixed set of
 compositions (``PROBE``: decode batches of 1, 4 and 12 at context 200, prefills of 128 and 512 tokens, and a mixed
-batch) exactly as the profiler does (``runtime.live.profile.time_settled``: untimed settling runs, then one timed
+batch) exactly as the profiler does (``runtime.live.timing.time_settled``: untimed settling runs, then one timed
 run; ``repeats`` rounds in a seeded random order) and reports
 
     level = median over the compositions of  t_measured(B) / T̂(B)
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import DictConfig
 
-from runtime.live.profile import Composition, Profiler, time_settled
+from runtime.live.compositions import Composition
+from runtime.live.timing import Profiler, time_settled
 
 #: (kind, chunks (c, q), decode contexts): the batches the live_small runs are made of.
 PROBE = (

@@ -27,46 +27,29 @@ every served run the speed probe (``runtime.live.probe``) times six fixed batche
 ``probe_spread_pct`` say how fast the machine was against the fit and how far that moved during the profile (a
 warning above 10 %).
 
-What is measured. Compositions ``B`` of three kinds, each a ``SchedulerOutput`` whose requests get block tables in
-the executor's own ``BlockManager`` (freed after each run) and run by ``LiveExecutor.execute``, the call a live run
-makes each step; its ``step_time`` (wall time from entry to sampled tokens on the host: input preparation, the
-forward, sampling) is exactly what ``iterations.parquet`` logs as ``duration_s``:
-
-* decode-only: ``D`` decodes (1 .. 128) with contexts drawn uniformly in ``[m/2, 3m/2]`` around a mean ``m``;
-* prefill-only: one chunk ``(c, q)`` (``c`` new tokens after ``q`` cached ones), or several whole prompts
-  (``q = 0``, as vLLM batches them);
-* mixed (Sarathi-style): ``D`` decodes plus one chunk that fills a token budget ``N = c + D``.
-
-Sizes are capped by ``max_model_len`` (``q + c``, every context) and by ``D · m ≤ 65536`` context tokens. Every
-chunk samples a token (a final chunk) except the partial chunk of every other mixed composition. The KV cache is
-filled with N(0, 1) values once (never-written slots would otherwise hold whatever the allocator gave: zero pages
-or, worse, denormals), the null slot is kept zero. Rounds: ``warmup`` untimed rounds, then ``repeats`` timed
-ones; each round runs every composition in a fresh seeded random order, so a burst of load on a shared machine
-hits different compositions in different rounds rather than every repeat of one. Within a round a composition first
-runs untimed (``settle``/``settle_s``), then once timed: in serving, consecutive steps are alike, and on this CPU a step
-right after a different one is slower for several steps (llama_15m, 2 threads: a single decode takes 5.4 ms right
-after a 2048-token prefill, or after 32 decodes, then 5.0, 4.5, 4.2, ... and 3.6 ms from about the 7th step on),
-which would bias every small batch upwards by up to 50%. The heap is frozen while timing (``runtime.live.heap``), as
-in a live run, so no full garbage collection lands in a timed run. The estimate per composition is the **median**
-of its ``repeats`` times (``time_s`` in the CSV; ``median_s``, ``min_s``, ``max_s`` and every time are kept too). On a
-machine shared with other CPU-bound work, two torch threads on two cores stall at every parallel region
-whenever the other work holds a core, and single steps then take up to 10-80x their quiet time in bursts that
-outlast several rounds; ``profile.stat=min`` (the uncontended time) is the robust choice there, the median is right
-on a quiet machine, where the two agree.
+What is measured. Compositions ``B`` of three kinds, decode-only, prefill-only and mixed, on a training grid and
+drawn at random for the held-out error (``runtime.live.compositions``), each run by ``LiveExecutor.execute``, the
+call a live run makes each step, and timed after untimed runs of the same batch (``runtime.live.timing``: in
+serving, consecutive steps are alike). Rounds: ``warmup`` untimed rounds, then ``repeats`` timed ones; each round
+runs every composition in a fresh seeded random order, so a burst of load on a shared machine hits different
+compositions in different rounds rather than every repeat of one. The heap is frozen while timing
+(``runtime.live.heap``), as in a live run, so no full garbage collection lands in a timed run. The estimate per
+composition is the **median** of its ``repeats`` times (``time_s`` in the CSV; ``median_s``, ``min_s``, ``max_s``
+and every time are kept too). On a machine shared with other CPU-bound work, two torch threads on two cores stall
+at every parallel region whenever the other work holds a core, and single steps then take up to 10-80x their quiet
+time in bursts that outlast several rounds; ``profile.stat=min`` (the uncontended time) is the robust choice there,
+the median is right on a quiet machine, where the two agree.
 
 Fit (``runtime.live.profile_fit``): the linear form by weighted non-negative least squares on relative error, the
 knee by grid search, small decode batches weighted ``small_batch_weight``; ``fit_error`` is MAPE (%) on held-out
 compositions drawn independently of the grid, per kind, overall and its 95th percentile, plus the in-sample MAPE of
 the grid (``train``). ``engine_overhead_s`` is written as given (0: not measured here).
 
-Served calibration (``profile.serve_rates=[2,8,24]``, how the shipped ``llama_15m_cpu.yaml`` is fitted). The grid
-times settled steps, but in serving a step often follows a differently shaped one and is then slower (above);
-so after the grid fit the profiler also runs ``serve_workload`` live (``serve_requests`` requests, seed
-``serve_seed``, every scheduler of ``serve_schedulers`` at every rate of ``serve_rates``, the schedulers planning
-with the grid fit), records every step's composition and ``step_time`` (``runtime.core.recording``; steps with
-swaps or recomputes left out), and refits the same form on the grid and the served steps together, each grid
-composition weighted as ``serve_grid_weight`` served steps so the grid's long prefills, rare in served steps, still
-determine ``β2``. The served steps are in ``measurements.csv`` (``split = serve``) and their in-sample MAPE is
+Served calibration (``profile.serve_rates=[2,8,24]``, how the shipped ``llama_15m_cpu.yaml`` is fitted;
+``runtime.live.serve_calibration``). After the grid fit the profiler runs ``serve_workload`` live with schedulers
+planning with that fit, records every step, and refits the same form on the grid and the served steps together, each
+grid composition weighted as ``serve_grid_weight`` served steps so the grid's long prefills, rare in served steps,
+still determine ``β2``. The served steps are in ``measurements.csv`` (``split = serve``) and their in-sample MAPE is
 ``fit_error.serve``. Pick seeds and rates other than those the fit is judged on (``bench/sim_vs_live.py`` uses
 seed 0 at 4/16/32 req/s), as the defaults do. The served steps also carry what no single composition can: how
 many decode-only steps ``k`` separate each one from the last step with prefill tokens (``since_prefill`` in the
@@ -82,11 +65,9 @@ weighted MAPE by more than 1 % of it (``profile_fit.SEQ_KNEE_MIN_GAIN``: the ter
 """
 from __future__ import annotations
 
-import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,214 +78,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from runtime.core.errors import AccelgenError, ConfigError
-from runtime.core.kv_cache import BlockManager
-from runtime.core.outputs import SchedulerOutput
 from runtime.core.run_log import atomic_write
+from runtime.live.compositions import HELDOUT, Composition, features, grid_compositions, heldout_compositions
 from runtime.live.device import cpu_name
 from runtime.live.heap import frozen_heap
+from runtime.live.probe import STEADY_SPREAD_PCT, ProbeTrack
+from runtime.live.profile_fit import KINDS, SMALL_BATCH, cost_model_payload, fit_report, fit_rows, since_prefill
+from runtime.live.serve_calibration import CONF_PATH, serve_steps
+from runtime.live.timing import Profiler, time_settled
 from runtime.sim.cost_model import LinearCostModel
-from runtime.live.profile_fit import (KINDS, SMALL_BATCH, cost_model_payload, fit_linear, fit_report,  # noqa: F401
-                                      fit_rows, fit_weights, since_prefill)
-from runtime.sim.linear_fit import design, weighted_nnls  # noqa: F401 (re-exported for the bench scripts)
-from runtime.sim.settle import steps_since_prefill
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_PATH = REPO_ROOT / "conf"
 DEFAULT_OUT = CONF_PATH / "cost_model"
 DEFAULTS = dict(grid="full", repeats=5, warmup=1, settle=1, settle_s=0.05, stat="median", small_batch_weight=4.0,
                 heldout=None, out=None, overwrite=False, seed=0, engine_overhead_s=0.0, serve_rates=[],
                 serve_schedulers=["sarathi", "vllm"], serve_workload="live_small", serve_requests=200, serve_seed=1,
                 serve_grid_weight=5.0, fit_settle=True, max_seq_knee=32)
 STATS = {"median": np.median, "min": np.min}
-HELDOUT = {"full": 30, "quick": 4}
-MAX_SETTLE_RUNS = 32
-MAX_DECODE_TOKENS = 65536  # Σ ctx of one composition (bounds the decode gather and the profile's KV cache)
 HEADER = "# generated by accelgen-profile {args}; do not edit\n"
-
-
-@dataclass
-class Composition:
-    kind: str
-    split: str  # train (the grid) or heldout
-    chunks: list[tuple[int, int]]  # (c, q)
-    decodes: list[int]  # contexts
-    final: list[bool] = field(default_factory=list)  # per chunk: does it sample a token
-    times: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.final:
-            self.final = [True] * len(self.chunks)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(c for c, _ in self.chunks) + len(self.decodes)
-
-    @property
-    def prefill_work(self) -> float:
-        return float(sum(c * (q + c / 2) for c, q in self.chunks))
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.chunks) + len(self.decodes)
-
-    @property
-    def kv_tokens(self) -> int:
-        return sum(q + c for c, q in self.chunks) + sum(self.decodes)
-
-    def label(self) -> str:
-        parts = [f"{c}@{q}{'' if f else '*'}" for (c, q), f in zip(self.chunks, self.final)]
-        if self.decodes:
-            parts.append(f"{len(self.decodes)}x~{int(np.mean(self.decodes))}")
-        return " + ".join(parts)
-
-
-def _contexts(rng: np.random.Generator, count: int, mean: int, max_len: int) -> list[int]:
-    lo, hi = max(2, mean // 2), max(2, min(max_len, (3 * mean) // 2))
-    return rng.integers(lo, hi + 1, count).tolist()
-
-
-def grid_compositions(max_len: int, grid: str = "full", seed: int = 0) -> list[Composition]:
-    """The training grid (module docstring): decode-only, prefill-only and mixed compositions within max_len."""
-    if grid not in HELDOUT:
-        raise ConfigError(f"profile.grid must be 'full' or 'quick', got {grid!r}")
-    rng = np.random.default_rng(seed)
-    full = grid == "full"
-    out: list[Composition] = []
-    # Dense at small batches: most serving steps are (measured on live_small: median 1-2 decodes).
-    batches = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128) if full else (1, 8, 32)
-    means = (64, 256, 1024, 2048) if full else (64, 256)
-    seen = set()
-    for d in batches:
-        for m in means:
-            m = min(m, max_len)
-            if d * m <= MAX_DECODE_TOKENS and (d, m) not in seen:
-                seen.add((d, m))
-                out.append(Composition("decode", "train", [], _contexts(rng, d, m, max_len)))
-    chunks = (16, 32, 64, 128, 256, 512, 1024, 2048) if full else (32, 128, 512)
-    offsets = (0, 256, 1024) if full else (0, 128)
-    for q in offsets:
-        for c in chunks:
-            if q + c <= max_len:
-                out.append(Composition("prefill", "train", [(c, q)], []))
-    multi = ((2, 64), (2, 256), (2, 512), (4, 64), (4, 256), (4, 512), (8, 64), (8, 256)) if full else ((4, 64),)
-    for k, p in multi:
-        if p <= max_len:
-            out.append(Composition("prefill", "train", [(p, 0)] * k, []))
-    budgets = (128, 256, 512, 1024, 2048) if full else (128, 256)
-    decode_counts = (4, 16, 64) if full else (4, 16)
-    settings = ((128, 0), (512, 256)) if full else ((128, 0),)
-    i = 0
-    for budget in budgets:
-        for d in decode_counts:
-            for m, q in settings:
-                c = budget - d
-                if c < 16 or q + c > max_len:
-                    continue
-                out.append(Composition("mixed", "train", [(c, q)], _contexts(rng, d, min(m, max_len), max_len),
-                                       final=[i % 2 == 0]))
-                i += 1
-    return out
-
-
-def heldout_compositions(max_len: int, per_kind: int, seed: int = 0) -> list[Composition]:
-    """Random compositions drawn independently of the grid (module docstring), ``per_kind`` of each kind."""
-    rng = np.random.default_rng(seed + 1_000_003)
-    out: list[Composition] = []
-
-    def loguniform(lo: float, hi: float) -> int:
-        return int(round(math.exp(rng.uniform(math.log(lo), math.log(max(lo, hi))))))
-
-    for _ in range(per_kind):
-        d = loguniform(1, 64)
-        m = loguniform(16, min(max_len // 2, MAX_DECODE_TOKENS // (2 * d)))
-        ctx = rng.integers(16, min(max_len, 2 * m) + 1, d).tolist()
-        out.append(Composition("decode", "heldout", [], ctx))
-    for _ in range(per_kind):
-        k = int(rng.integers(1, 5))
-        chunks = []
-        for _ in range(k):
-            c = loguniform(16, max(16, max_len // k))
-            q = int(rng.integers(0, max_len - c + 1)) if rng.random() < 0.5 else 0
-            chunks.append((c, q))
-        out.append(Composition("prefill", "heldout", chunks, []))
-    for _ in range(per_kind):
-        budget = int(rng.choice([128, 256, 512, 1024, 2048]))
-        d = int(rng.integers(1, min(64, budget - 16) + 1))
-        c = min(budget - d, max_len)
-        q = int(rng.integers(0, max_len - c + 1))
-        ctx = rng.integers(16, min(max_len, 1024) + 1, d).tolist()
-        out.append(Composition("mixed", "heldout", [(c, q)], ctx, final=[bool(rng.random() < 0.5)]))
-    return out
-
-
-def features(chunks, decodes) -> tuple[int, float, int, int]:
-    """(N, Σ c(q + c/2), Σ ctx, |B|) of a composition."""
-    return (sum(c for c, _ in chunks) + len(decodes), float(sum(c * (q + c / 2) for c, q in chunks)),
-            int(sum(decodes)), len(chunks) + len(decodes))
-
-
-class Profiler:
-    """A ``LiveExecutor`` with a ``BlockManager`` big enough for every one of ``comps``, and the timing loop."""
-
-    def __init__(self, cfg: DictConfig, model, comps: list[Composition]) -> None:
-        from runtime.cli import instantiate_node, live_memory_plan
-
-        num_tokens = max(c.kv_tokens + 16 * c.num_seqs for c in comps)
-        block_size = int(cfg.kv.block_size)
-        cfg = cfg.copy()
-        with open_dict(cfg):
-            # Room for the largest composition, with a block of slack per request; no swap space.
-            cfg.kv.num_blocks = int(-(-num_tokens // block_size) + 1024)
-            cfg.kv.num_blocks_scale = 1.0
-            cfg.kv.swap_blocks = 0
-        num_blocks, swap_blocks, plan = live_memory_plan(cfg, model)
-        self.block_manager = BlockManager(num_blocks=num_blocks, block_size=block_size, watermark=0.0,
-                                          num_swap_blocks=swap_blocks)
-        self.executor = instantiate_node(cfg.runtime, model=model, block_manager=self.block_manager, memory_plan=plan)
-        cache = self.executor.cache
-        gen = torch.Generator(device=cache.k.device).manual_seed(int(cfg.seed))
-        for tensor in (cache.k, cache.v):  # realistic values in every slot a decode may read; null slot zero
-            tensor.normal_(generator=gen)
-            tensor[:, cache.null_slot].zero_()
-
-    def run(self, comp: Composition) -> float:
-        bm, ex = self.block_manager, self.executor
-        scheduled: dict[str, int] = {}
-        prefill_ids, done, decode_ids = [], [], []
-        for i, ((c, q), final) in enumerate(zip(comp.chunks, comp.final)):
-            rid = f"__profile_p{i}"
-            prefill_ids.append(rid)
-            if final:
-                done.append(rid)
-            scheduled[rid] = c
-            bm.allocate_slots(rid, q + c)
-        for i, ctx in enumerate(comp.decodes):
-            rid = f"__profile_d{i}"
-            decode_ids.append(rid)
-            scheduled[rid] = 1
-            bm.allocate_slots(rid, ctx)
-        if any(not bm.has(rid) or bm.num_new_blocks(rid, 1) for rid in scheduled):
-            raise RuntimeError(f"profile block manager too small for {comp.label()}")
-        output = SchedulerOutput(num_scheduled_tokens=scheduled, prefill_chunks=list(comp.chunks),
-                                 prefill_req_ids=prefill_ids, prefill_done_req_ids=done,
-                                 decode_context_lens=list(comp.decodes), decode_req_ids=decode_ids,
-                                 num_used_blocks=bm.num_used_blocks)
-        try:
-            return ex.execute(output).step_time
-        finally:
-            for rid in scheduled:
-                ex.tokens.drop(rid)
-                bm.free(rid)
-
-
-def time_settled(profiler: Profiler, comp: Composition, settle: int, settle_s: float) -> float:
-    """One timed run of ``comp`` after untimed runs of the same batch (at least ``settle`` runs and ``settle_s``
-    seconds, at most ``MAX_SETTLE_RUNS``): in serving, consecutive steps are alike (module docstring)."""
-    start, n = time.perf_counter(), 0
-    while n < settle or (n < MAX_SETTLE_RUNS and time.perf_counter() - start < settle_s):
-        profiler.run(comp)
-        n += 1
-    return profiler.run(comp)
 
 
 def _options(cfg: DictConfig, overrides: dict) -> dict:
@@ -358,62 +148,6 @@ def _check_device(device: torch.device, hardware) -> None:
                           "use hardware=cpu (runtime=live's default) or runtime.device=cuda")
 
 
-def _group_option(group: str, name: str) -> DictConfig:
-    """``conf/<group>/<name>.yaml`` as a node (the served calibration swaps scheduler and workload in)."""
-    node = OmegaConf.load(CONF_PATH / group / f"{name}.yaml")
-    if "defaults" in node:
-        raise ConfigError(f"profile: conf/{group}/{name}.yaml has a defaults list; pick a self-contained option")
-    return node
-
-
-def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool,
-                between=None) -> pd.DataFrame:
-    """Every step of live runs of ``serve_workload`` at each of ``serve_rates`` with each of ``serve_schedulers``:
-    its composition features and measured ``step_time`` (the served calibration, module docstring).
-
-    The runs are ordinary live runs (``runtime.cli.build``, the engine, a wall clock skipping idle gaps) whose
-    schedulers plan with ``cost_model`` (the grid fit), on the seed ``serve_seed``. ``between()`` is called after
-    each run (the speed probe)."""
-    from runtime.cli import build
-    from runtime.core.clock import WallClock
-    from runtime.core.engine import Engine
-    from runtime.core.recording import RecordingExecutor
-
-    rows = []
-    runs = [(s, float(r)) for s in opts["serve_schedulers"] for r in opts["serve_rates"]]
-    for scheduler, rate in tqdm(runs, desc="served calibration", unit="run", disable=not progress):
-        run_cfg = cfg.copy()
-        with open_dict(run_cfg):
-            run_cfg.scheduler = _group_option("scheduler", scheduler)
-            run_cfg.workload = _group_option("workload", opts["serve_workload"])
-            run_cfg.workload.num_requests = int(opts["serve_requests"])
-            run_cfg.workload.arrival.rate = rate
-            run_cfg.seed = int(opts["serve_seed"])
-            run_cfg.cost_model = cost_model
-            run_cfg.progress = False
-            run_cfg.pop("profile", None)  # the profiler's own options are not part of a run's config
-        parts = build(run_cfg)
-        recorder = RecordingExecutor(parts["executor"])
-        with frozen_heap():  # as cli.run does for a live run: no full collection inside a step
-            Engine(scheduler=parts["scheduler"], executor=recorder, workload=parts["workload"],
-                   clock=WallClock(skip_idle=True)).run()
-        if between is not None:
-            between()
-        since = steps_since_prefill([bool(row["chunks"]) for row in recorder.rows])
-        for step, row in enumerate(recorder.rows):
-            if row["swap_time"] or row["recompute_tokens"]:
-                continue  # swaps and recomputes have their own models (runtime.sim.transfer, CacheOPT)
-            n, work, sum_ctx, seqs = features(row["chunks"], row["decodes"])
-            kind = "mixed" if row["chunks"] and row["decodes"] else ("prefill" if row["chunks"] else "decode")
-            rows.append(dict(id=f"{scheduler}@{rate:g}#{step}", kind=kind, split="serve",
-                             composition=f"{scheduler} {rate:g} req/s step {step}", num_tokens=n,
-                             num_prefill_tokens=n - len(row["decodes"]), num_chunks=len(row["chunks"]),
-                             num_decodes=len(row["decodes"]), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
-                             max_decode_ctx=max(row["decodes"], default=0), num_seqs=seqs, time_s=row["step_time"],
-                             since_prefill=int(since[step]), chunks=row["chunks"], decodes=row["decodes"]))
-    return pd.DataFrame(rows)
-
-
 def header_args(cfg: DictConfig, opts: dict, model: str, hardware: str) -> str:
     """The arguments of the YAML's first line: enough to run the same profile again.
 
@@ -443,6 +177,52 @@ def header_args(cfg: DictConfig, opts: dict, model: str, hardware: str) -> str:
         if (list(value) if isinstance(value, (list, tuple)) else value) != default:
             args.append(f"profile.{key}={spell(value)}")
     return " ".join(args)
+
+
+def measurement_frame(comps: list[Composition], stat: str) -> pd.DataFrame:
+    """One row per timed composition: its features, the ``stat`` of its times (``time_s``) and every time."""
+    rows = []
+    for k, comp in enumerate(comps):
+        n, work, sum_ctx, seqs = features(comp.chunks, comp.decodes)
+        times = np.asarray(comp.times)
+        rows.append(dict(id=k, kind=comp.kind, split=comp.split, composition=comp.label(), num_tokens=n,
+                         num_prefill_tokens=n - len(comp.decodes), num_chunks=len(comp.chunks),
+                         num_decodes=len(comp.decodes), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
+                         max_decode_ctx=max(comp.decodes, default=0), num_seqs=seqs,
+                         num_sampled=sum(comp.final) + len(comp.decodes), time_s=float(STATS[stat](times)),
+                         median_s=float(np.median(times)), min_s=float(times.min()), max_s=float(times.max()),
+                         times_s=" ".join(f"{x:.6g}" for x in times)))
+    frame = pd.DataFrame(rows)
+    frame["chunks"], frame["decodes"] = [c.chunks for c in comps], [c.decodes for c in comps]
+    return frame
+
+
+def describe_fit(opts: dict, fit, fields: dict, frame: pd.DataFrame, *, what: str, max_len: int,
+                 block_size: int) -> str:
+    """The YAML's ``source``: how it was measured (``what``: model, device, threads, versions) and fitted."""
+    tr, ho, sv = (frame[frame.split == split] for split in ("train", "heldout", "serve"))
+    counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
+    source = (f"accelgen-profile: LiveExecutor.execute step_time ({opts['stat']} of {opts['repeats']} after "
+              f"{opts['warmup']} warmup round(s), rounds in seeded random order, each timed run after >= "
+              f"{opts['settle']} untimed run(s) and >= {float(opts['settle_s']):g} s of the same batch) of {what}; "
+              f"{opts['grid']} grid of {len(tr)} compositions ({counts}), max_model_len {max_len}, "
+              f"block_size {block_size}; NNLS on relative error (decode-only batches of <= "
+              f"{SMALL_BATCH} weighted x{float(opts['small_batch_weight']):g}), n_knee by grid search; "
+              f"engine_overhead_s set to {float(opts['engine_overhead_s']):g} (host work outside execute is not "
+              f"measured); fit_error: MAPE % on {len(ho)} held-out random compositions ({opts['heldout']} per kind)")
+    if len(sv):
+        source += (f"; served calibration: fitted on the grid and the {len(sv)} steps of live runs of workload="
+                   f"{opts['serve_workload']} ({opts['serve_requests']} requests, seed {opts['serve_seed']}) with "
+                   f"{'/'.join(opts['serve_schedulers'])} at {'/'.join(f'{r:g}' for r in opts['serve_rates'])} req/s "
+                   f"(fit_error.serve: in-sample MAPE on them), each grid composition weighted as "
+                   f"{float(opts['serve_grid_weight']):g} served steps")
+        source += ("; settling (runtime.sim.settle) fitted on the served steps: a decode-only step k steps after one "
+                   "with prefill tokens takes 1 + settle_amplitude * settle_decay^k times T(B)"
+                   if fit.settle_amplitude else "; no settling term (profile.fit_settle=false, or none fitted better)")
+    source += (f"; the first s_knee = {fit.s_knee} sequences of a step cost beta5 more each (the LM head's small-batch "
+               "staircase)" if fields["beta5"] > 0 else
+               "; no per-sequence knee (profile.max_seq_knee=0, or none fitted better)")
+    return source
 
 
 def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bool | None = None,
@@ -481,8 +261,6 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
     comps = train + heldout
     profiler = Profiler(cfg, model, comps)
     threads = torch.get_num_threads()
-    from runtime.live.probe import ProbeTrack  # it builds on this module
-
     probe = ProbeTrack(profiler, settle=opts["settle"], settle_s=float(opts["settle_s"]), seed=opts["seed"],
                        max_len=max_len)
 
@@ -503,19 +281,7 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
                 probe.sample()  # how fast the machine is now (runtime.live.probe): its spread is in fit_error
     profile_s = time.perf_counter() - t0
 
-    rows = []
-    for k, comp in enumerate(comps):
-        n, work, sum_ctx, seqs = features(comp.chunks, comp.decodes)
-        times = np.asarray(comp.times)
-        rows.append(dict(id=k, kind=comp.kind, split=comp.split, composition=comp.label(), num_tokens=n,
-                         num_prefill_tokens=n - len(comp.decodes), num_chunks=len(comp.chunks),
-                         num_decodes=len(comp.decodes), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
-                         max_decode_ctx=max(comp.decodes, default=0), num_seqs=seqs,
-                         num_sampled=sum(comp.final) + len(comp.decodes), time_s=float(STATS[opts["stat"]](times)),
-                         median_s=float(np.median(times)), min_s=float(times.min()), max_s=float(times.max()),
-                         times_s=" ".join(f"{x:.6g}" for x in times)))
-    frame = pd.DataFrame(rows)
-    frame["chunks"], frame["decodes"] = [c.chunks for c in comps], [c.decodes for c in comps]
+    frame = measurement_frame(comps, opts["stat"])
     fit = fit_rows(frame[frame.split == "train"], opts)
     serve_s = 0.0
     if opts["serve_rates"]:
@@ -529,35 +295,14 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
         fit = fit_rows(frame[frame.split.isin(["train", "serve"])], opts)
     frame = frame.drop(columns=["chunks", "decodes"])
     frame, fit_error = fit_report(frame, fit)
-    tr, ho, sv = (frame[frame.split == split] for split in ("train", "heldout", "serve"))
     fields = cost_model_payload(name, fit, opts, source="")
     cm = LinearCostModel(**{k: v for k, v in fields.items() if not k.startswith("_") and k != "source"})
     fit_error.update(probe.summary(cm))
-    counts = ", ".join(f"{(tr.kind == k).sum()} {k}" for k in KINDS)
     where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
-    source = (f"accelgen-profile: LiveExecutor.execute step_time ({opts['stat']} of {opts['repeats']} after "
-              f"{opts['warmup']} "
-              f"warmup round(s), rounds in seeded random order, each timed run after >= {settle} untimed run(s) and "
-              f">= {settle_s:g} s of the same batch) of {model.name} on {device} "
-              f"{str(dtype).removeprefix('torch.')} ({where}), "
-              f"{threads} torch threads, torch {torch.__version__}, python {platform.python_version()}; "
-              f"{opts['grid']} grid of {len(tr)} compositions ({counts}), max_model_len {max_len}, "
-              f"block_size {profiler.block_manager.block_size}; NNLS on relative error (decode-only batches of <= "
-              f"{SMALL_BATCH} weighted x{float(opts['small_batch_weight']):g}), n_knee by grid search; "
-              f"engine_overhead_s set to {float(opts['engine_overhead_s']):g} (host work outside execute is not "
-              f"measured); fit_error: MAPE % on {len(ho)} held-out random compositions ({opts['heldout']} per kind)")
-    if len(sv):
-        source += (f"; served calibration: fitted on the grid and the {len(sv)} steps of live runs of workload="
-                   f"{opts['serve_workload']} ({opts['serve_requests']} requests, seed {opts['serve_seed']}) with "
-                   f"{'/'.join(opts['serve_schedulers'])} at {'/'.join(f'{r:g}' for r in opts['serve_rates'])} req/s "
-                   f"(fit_error.serve: in-sample MAPE on them), each grid composition weighted as "
-                   f"{float(opts['serve_grid_weight']):g} served steps")
-        source += ("; settling (runtime.sim.settle) fitted on the served steps: a decode-only step k steps after one "
-                   "with prefill tokens takes 1 + settle_amplitude * settle_decay^k times T(B)"
-                   if fit.settle_amplitude else "; no settling term (profile.fit_settle=false, or none fitted better)")
-    source += (f"; the first s_knee = {fit.s_knee} sequences of a step cost beta5 more each (the LM head's small-batch "
-               "staircase)" if fields["beta5"] > 0 else
-               "; no per-sequence knee (profile.max_seq_knee=0, or none fitted better)")
+    what = (f"{model.name} on {device} {str(dtype).removeprefix('torch.')} ({where}), {threads} torch threads, "
+            f"torch {torch.__version__}, python {platform.python_version()}")
+    source = describe_fit(opts, fit, fields, frame, what=what, max_len=max_len,
+                          block_size=profiler.block_manager.block_size)
     payload = {**fields, "source": source, "fit_error": fit_error}
     args = header_args(cfg, opts, model.name, hardware.name)
     text = HEADER.format(args=args) + yaml.safe_dump(payload, sort_keys=False, width=10_000)
@@ -571,8 +316,6 @@ def run_profile(cfg: DictConfig, output_dir: Path | None = None, *, progress: bo
 
 
 def format_result(result: dict) -> str:
-    from runtime.live.probe import STEADY_SPREAD_PCT
-
     e = result["fit_error"]
     return "\n".join([
         f"wrote {result['_path']} ({result['_profile_s']:.0f} s of timing)",
