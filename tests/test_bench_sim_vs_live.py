@@ -3,6 +3,7 @@
 Checks the outputs and their columns only: the numbers are timings, which tests never assert.
 """
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,12 @@ pytestmark = pytest.mark.skipif(not (REPO_ROOT / "conf" / "cost_model" / "tiny_c
 def bench():
     with load_bench("sim_vs_live") as module:
         yield module
+
+
+@pytest.fixture(scope="module")
+def report(bench):
+    """``bench/sim_vs_live_report.py``, the module ``bench`` imported (its metrics, tables and plot)."""
+    return sys.modules["sim_vs_live_report"]
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +113,14 @@ def test_with_level_on_known_steps(bench):
     assert bench.with_level(comp, iters).columns.tolist() == comp.columns.tolist()  # idempotent
 
 
-def test_profile_command_spells_out_threads_and_out(bench):
+def test_profile_command_spells_out_threads_and_out(report):
     source = ("accelgen-profile: LiveExecutor.execute step_time (median of 5 after 1 warmup round(s), ...) of "
               "llama_15m on cpu float32 (x), 1 torch threads, torch 2.13.0+cpu; full grid of 105 compositions; "
               "served calibration: ... with sarathi/vllm at 2/8/16 req/s (fit_error.serve ...)")
-    assert bench.profile_command("llama_15m", source, default_threads=2, out="/tmp/cm") == (
+    assert report.profile_command("llama_15m", source, default_threads=2, out="/tmp/cm") == (
         "accelgen-profile model=llama_15m runtime.threads=1 profile.out=/tmp/cm profile.overwrite=true "
         "'profile.serve_rates=[2,8,16]'")
-    assert bench.profile_command("llama_15m", source, default_threads=1) == (
+    assert report.profile_command("llama_15m", source, default_threads=1) == (
         "accelgen-profile model=llama_15m profile.overwrite=true 'profile.serve_rates=[2,8,16]'")
 
 
