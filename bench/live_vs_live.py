@@ -1,7 +1,7 @@
 """How far the live runtime is from itself: the live runs of stored ``bench/sim_vs_live.py`` outputs, compared.
 
     .venv/bin/python bench/live_vs_live.py bench/results/sim_vs_live_2thread_{n,o,p,q}
-    .venv/bin/python bench/live_vs_live.py A B --out /tmp/lvl        # also writes pairs.csv, table.md
+    .venv/bin/python bench/live_vs_live.py A B --out /tmp/lvl        # also writes CSVs, table.md and a plot
 
 Each folder is an ``--out`` of ``bench/sim_vs_live.py``: the same experiments (model, requests, seed, threads, the
 scheduler/rate pairs) run live and simulated. For every two folders A, B (in the order given) and every
@@ -12,7 +12,9 @@ ran, which steps the host interrupted): if the simulator, on a profile taken rig
 run as two live runs are to each other, what is left of its error is the machine's, not the model's.
 
 Folders that ran different experiments (model, requests, seed or threads differ) are refused: their live runs are
-not repeats of each other.
+not repeats of each other. With ``--out``: ``pairs.csv`` (every live-against-live difference), ``sims.csv`` (every
+folder's simulated-against-live difference), ``summary.csv``, ``table.md`` and ``live_vs_live.png`` (each metric's
+differences, live against live beside simulated against live, with the tolerance drawn).
 """
 from __future__ import annotations
 
@@ -66,9 +68,10 @@ def within(rels: np.ndarray) -> int:
     return int((np.isfinite(rels) & (np.abs(rels) <= METRIC_TOL)).sum())
 
 
-def compare(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(pairs: one row per two folders and scheduler/rate pair, with each metric's relative difference;
-    summary: one row per two folders; own: each folder's simulated-vs-live count)."""
+def compare(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(pairs: one row per two folders and scheduler/rate pair, each metric's live-against-live relative difference;
+    summary: one row per two folders; sims: one row per folder and pair, each metric's simulated-against-live
+    difference as the bench recorded it; own: one row per folder, its simulated-against-live count)."""
     loaded = {str(f): load(f) for f in folders}
     check_same({name: meta for name, (meta, _, _) in loaded.items()})
     keys = [k for k, _ in METRICS]
@@ -82,11 +85,38 @@ def compare(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         summary.append(dict(a=a, b=b, minutes_apart=apart.total_seconds() / 60, pairs=len(common),
                             within=within(rel.to_numpy()), metrics=rel.size,
                             **{f"{k}_max_abs_rel": float(rel[k].abs().max()) for k in keys}))
-    own = []
-    for name, (meta, _, comp) in loaded.items():
-        rels = comp[[f"{k}_rel" for k in keys]].to_numpy(float)
-        own.append(dict(folder=name, started=meta["started"], within=within(rels), metrics=rels.size))
-    return pd.DataFrame(rows), pd.DataFrame(summary), pd.DataFrame(own)
+    sims = pd.concat([comp[[f"{k}_rel" for k in keys]].reset_index().assign(folder=name, started=meta["started"])
+                      for name, (meta, _, comp) in loaded.items()], ignore_index=True)
+    own = pd.DataFrame([dict(folder=name, started=g.started.iloc[0], within=within(g.filter(like="_rel").to_numpy()),
+                             metrics=g.filter(like="_rel").size) for name, g in sims.groupby("folder", sort=False)])
+    return pd.DataFrame(rows), pd.DataFrame(summary), sims, own
+
+
+def plot(pairs: pd.DataFrame, sims: pd.DataFrame, path: Path) -> None:
+    """Each metric's |relative difference|: every live-against-live pair beside every simulated-against-live one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)  # jitter only; the same picture every time
+    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    for offset, frame, colour, label in ((-0.18, pairs, "0.45", "live B against live A"),
+                                         (0.18, sims, "C0", "simulated against its live run")):
+        for i, (key, _) in enumerate(METRICS):
+            y = frame[f"{key}_rel"].abs().to_numpy(float) * 100
+            x = i + offset + rng.uniform(-0.08, 0.08, len(y))
+            ax.scatter(x, y, s=10, color=colour, alpha=0.6, label=label if i == 0 else None)
+    ax.axhline(METRIC_TOL * 100, color="C3", lw=0.8, ls="--", label=f"tolerance ({METRIC_TOL:.0%})")
+    ax.set_xticks(range(len(METRICS)), [label for _, label in METRICS])
+    ax.set_yscale("symlog", linthresh=10)  # linear under 10 %, where the tolerance sits; the tails run to 200 %
+    largest = max(pairs.filter(like="_rel").abs().max().max(), sims.filter(like="_rel").abs().max().max())
+    ax.set_ylim(0, max(100 * largest, 2 * METRIC_TOL * 100) * 1.5)
+    ax.set(ylabel="|relative difference| (%)",
+           title=f"the live runtime against itself and the simulator against it ({sims.folder.nunique()} bench runs)")
+    ax.legend(fontsize=8)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def render(summary: pd.DataFrame, own: pd.DataFrame) -> str:
@@ -119,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.folders) < 2:
         parser.error("give two or more bench outputs")
     try:
-        pairs, summary, own = compare(args.folders)
+        pairs, summary, sims, own = compare(args.folders)
     except ConfigError as error:
         print(f"live_vs_live: error: {error}", file=sys.stderr)
         return 2
@@ -129,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write(args.out / "pairs.csv", lambda p: pairs.to_csv(p, index=False))
         atomic_write(args.out / "summary.csv", lambda p: summary.to_csv(p, index=False))
+        atomic_write(args.out / "sims.csv", lambda p: sims.to_csv(p, index=False))
+        plot(pairs, sims, args.out / "live_vs_live.png")
         atomic_write(args.out / "table.md", lambda p: p.write_text(text + "\n"))
     return 0
 

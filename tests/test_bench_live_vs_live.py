@@ -33,7 +33,7 @@ def test_live_runs_are_compared_pair_by_pair(tmp_path):
                                                           ("orca", 4.0): [1.0] * 5},
                      {("vllm", 4.0): [0.1, 0.3, 0.5, 0.0, 0.0]})
     with load_bench("live_vs_live") as module:
-        pairs, summary, own = module.compare([a, b])
+        pairs, summary, sims, own = module.compare([a, b])
         assert module.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     # Only the pair both ran; B against A.
     assert pairs[["scheduler", "rate"]].values.tolist() == [["vllm", 4.0]]
@@ -43,9 +43,12 @@ def test_live_runs_are_compared_pair_by_pair(tmp_path):
     assert summary.ttft_p99_s_max_abs_rel.iloc[0] == pytest.approx(0.5)
     # Each folder's own simulated-vs-live count: a has one miss of 10, b two of 5.
     assert own.within.tolist() == [9, 3] and own.metrics.tolist() == [10, 5]
+    assert sims.folder.tolist() == [str(a), str(a), str(b)] and sims.ttft_p99_s_rel.tolist() == [0.2, 0.0, 0.3]
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| a → b | 30 min | 4 of 5 |" in table and "| b | 2026-11-22 10:30 | 3 of 5 |" in table
     assert len(pd.read_csv(tmp_path / "out" / "pairs.csv")) == 1
+    assert len(pd.read_csv(tmp_path / "out" / "sims.csv")) == 3
+    assert (tmp_path / "out" / "live_vs_live.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_other_experiments_and_other_folders_are_refused(tmp_path, capsys):
