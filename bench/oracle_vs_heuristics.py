@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from accelgen_vs_baselines import flatten  # bench/ is on sys.path when a bench runs as a script
@@ -69,7 +70,7 @@ CATEGORIES = [
 ]
 
 
-def compose_cfg(overrides) -> "DictConfig":  # noqa: F821
+def compose_cfg(overrides) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         return compose(config_name="config", overrides=["progress=false", *overrides])
 

@@ -1,7 +1,9 @@
 """Smoke test of bench/live_throughput.py: a --quick run (tiny model, 12 requests, our runtime with sarathi and vllm
 against HF generate at batch sizes 4 and 8) into a temporary directory. Checks the outputs exist and the token
-accounting, never timings. About 15 s on 2 cores."""
+accounting, never timings. About 15 s on 2 cores. The HF baseline (bench/hf_generate.py) and the rendering
+(bench/live_throughput_report.py) are the modules the bench imports."""
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,18 @@ pytest.importorskip("transformers")
 def bench():
     with load_bench("live_throughput") as module:
         yield module
+
+
+@pytest.fixture(scope="module")
+def hf_generate(bench):
+    """``bench/hf_generate.py``, the module ``bench`` imported."""
+    return sys.modules["hf_generate"]
+
+
+@pytest.fixture(scope="module")
+def report(bench):
+    """``bench/live_throughput_report.py``, the module ``bench`` imported."""
+    return sys.modules["live_throughput_report"]
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +84,20 @@ def test_token_counts_match_the_requests(quick):
         assert group.step_s.sum() <= runs[runs.system == system].wall_s.max() + 1e-9
 
 
-def test_hf_batch_steps_model_a_static_batch(bench):
-    steps = bench.hf_batch_steps(prompt_len=10, batch=4, new_tokens=3)
+def test_hf_batch_steps_model_a_static_batch(hf_generate):
+    steps = hf_generate.hf_batch_steps(prompt_len=10, batch=4, new_tokens=3)
     # A padded prefill of 4 x 10, then two decodes reading 4 x 10 and 4 x 11 cached keys.
     assert steps.tokens.tolist() == [40, 4, 4]
     assert steps.kv_read_tokens.tolist() == [0, 40, 44]
     assert steps.attn_pairs.tolist() == [4 * 55, 4 * 11, 4 * 12]
-    assert [list(b) for b in bench.hf_batches(5, 2)] == [[0, 1], [2, 3], [4]]
-    assert bench.agreement({"a": [1, 2, 3], "b": [4]}, {"a": [1, 2, 0], "b": [4]}) == (0.5, 0.75)
-    assert np.isclose(bench.agreement({}, {})[0], 0.0)
+    assert [list(b) for b in hf_generate.hf_batches(5, 2)] == [[0, 1], [2, 3], [4]]
+    assert hf_generate.agreement({"a": [1, 2, 3], "b": [4]}, {"a": [1, 2, 0], "b": [4]}) == (0.5, 0.75)
+    assert np.isclose(hf_generate.agreement({}, {})[0], 0.0)
 
 
-def test_plot_without_a_roofline(bench, quick, tmp_path):
+def test_plot_without_a_roofline(report, quick, tmp_path):
     _, out = quick
     summary = pd.read_csv(out / "summary.csv")
     summary["speedup_vs_best_hf"] = summary.output_tok_per_s / summary[summary.kind == "hf"].output_tok_per_s.max()
-    bench.plot(summary, {}, None, tmp_path / "t.png", "no roofline")
+    report.plot(summary, {}, None, tmp_path / "t.png", "no roofline")
     assert (tmp_path / "t.png").stat().st_size > 0
