@@ -59,6 +59,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from hf_generate import agreement, hf_model, run_hf  # noqa: E402
 from live_throughput_report import (Roofline, machine_text, plot, repo_relative, roofline_markdown,  # noqa: E402
                                     roofline_rows, roofline_table, section_markdown, summary_markdown)
+from runtime.core.run_log import atomic_write  # noqa: E402
 
 CONF_DIR = REPO_ROOT / "conf"
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "live_throughput"
@@ -452,11 +453,11 @@ def summarize(runs: list[dict], out: Path) -> tuple[pd.DataFrame, pd.DataFrame, 
     """``runs.csv`` (every run) and ``summary.csv`` (the best of the repeats per system, in run order, with the
     speedup over the best HF figure); returns both frames and the best runs."""
     frame = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in runs])
-    frame.to_csv(out / "runs.csv", index=False)
+    atomic_write(out / "runs.csv", lambda p: frame.to_csv(p, index=False))
     best = frame.loc[frame.groupby("system", sort=False).output_tok_per_s.idxmax()]
     best = best.set_index("system").loc[list(dict.fromkeys(frame.system))].reset_index()
     best["speedup_vs_best_hf"] = best.output_tok_per_s / best[best.kind == "hf"].output_tok_per_s.max()
-    best.to_csv(out / "summary.csv", index=False)
+    atomic_write(out / "summary.csv", lambda p: best.to_csv(p, index=False))
     best_runs = [next(r for r in runs if r["system"] == s and r["repeat"] == rep)
                  for s, rep in zip(best.system, best.repeat)]
     return frame, best, best_runs
@@ -469,7 +470,7 @@ def write_roofline(setup: Setup, spec, best_runs: list[dict]) -> tuple[Roofline 
     element = torch.empty((), dtype=setup.dtype).element_size()
     roof = Roofline(spec, element, float(setup.bandwidth), float(setup.peak))
     roof_df = roofline_rows(best_runs, roof)
-    roof_df.to_csv(setup.out / "roofline.csv", index=False)
+    atomic_write(setup.out / "roofline.csv", lambda p: roof_df.to_csv(p, index=False))
     return roof, roof_df
 
 
@@ -482,7 +483,8 @@ def write_steps(best_runs: list[dict], out: Path) -> None:
             steps.insert(0, "system", r["system"])
             steps_all.append(steps)
     if steps_all:
-        pd.concat(steps_all, ignore_index=True).to_csv(out / "steps.csv", index=False)
+        steps = pd.concat(steps_all, ignore_index=True)
+        atomic_write(out / "steps.csv", lambda p: steps.to_csv(p, index=False))
 
 
 def write_report(setup: Setup, spec, workload, best: pd.DataFrame, best_runs: list[dict], roof: Roofline | None,
@@ -494,11 +496,11 @@ def write_report(setup: Setup, spec, workload, best: pd.DataFrame, best_runs: li
     plot(best, {r["system"]: r["_steps"] for r in best_runs if r["kind"] == "ours"}, roof, setup.out / "throughput.png",
          title)
     summary_md = summary_markdown(best, spec, workload, args, setup.device_name, setup.dtype_name)
-    (setup.out / "summary.md").write_text(summary_md + "\n")
+    atomic_write(setup.out / "summary.md", lambda p: p.write_text(summary_md + "\n"))
     section = section_markdown(summary_md, roofline_markdown(roof, roof_df, setup.hw_name), best, hf_ref["system"],
                                machine_text(setup.info), command_line(setup.argv), setup.out)
     Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.md).write_text(section)
+    atomic_write(Path(args.md), lambda p: p.write_text(section))
     return summary_md
 
 

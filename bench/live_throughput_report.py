@@ -17,6 +17,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from hf_generate import hf_batch_steps  # noqa: E402
+from runtime.core.run_log import atomic_write  # noqa: E402
 
 REPO_ROOT = BENCH_DIR.parent
 TARGET_SPEEDUP = 2.0
@@ -165,7 +166,7 @@ def plot(summary: pd.DataFrame, ours_steps: dict[str, pd.DataFrame], roof: Roofl
     if roof is None:
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
         plt.close(fig)
         return
     ax2 = axes[0, 1]
@@ -187,7 +188,7 @@ def plot(summary: pd.DataFrame, ours_steps: dict[str, pd.DataFrame], roof: Roofl
     ax2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
 
 
