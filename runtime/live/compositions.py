@@ -41,14 +41,6 @@ class Composition:
             self.final = [True] * len(self.chunks)
 
     @property
-    def num_tokens(self) -> int:
-        return sum(c for c, _ in self.chunks) + len(self.decodes)
-
-    @property
-    def prefill_work(self) -> float:
-        return float(sum(c * (q + c / 2) for c, q in self.chunks))
-
-    @property
     def num_seqs(self) -> int:
         return len(self.chunks) + len(self.decodes)
 
