@@ -77,6 +77,7 @@ import runtime.cli as cli
 from runtime.core.outputs import StepResult
 from runtime.core.recording import RecordingExecutor
 from runtime.core.run_log import atomic_write, write_json
+from runtime.live.compositions import kind_of
 from runtime.live.device import cpu_name
 from runtime.live.probe import SpeedProbe
 from runtime.sim.settle import steps_since_prefill
@@ -157,10 +158,6 @@ def cost_model_node(args):
     if args.cost_model_file is not None:
         return compose_cfg([f"model={args.model}"], cost_model_file=args.cost_model_file).cost_model
     return compose_cfg([f"model={args.model}", f"cost_model={args.cost_model}"]).cost_model
-
-
-def kind_of(chunks, decodes) -> str:
-    return "mixed" if chunks and decodes else ("prefill" if chunks else "decode")
 
 
 def replay(rows: list[dict], cost_model) -> pd.DataFrame:

@@ -11,7 +11,8 @@ Sizes are capped by ``max_model_len`` (``q + c``, every context) and by ``D · m
 tokens. Every chunk samples a token (a final chunk) except the partial chunk of every other mixed composition. The
 grid is dense at small decode batches, where most serving steps are; the held-out compositions are drawn
 log-uniformly, independently of the grid, so the fit is judged on batches it was not fitted to. ``features`` gives
-the cost model's regressors ``(N, Σ c(q + c/2), Σ ctx, |B|)`` (``runtime.sim.cost_model``).
+the cost model's regressors ``(N, Σ c(q + c/2), Σ ctx, |B|)`` (``runtime.sim.cost_model``), ``feature_columns``
+the columns a step has in ``measurements.csv``.
 """
 from __future__ import annotations
 
@@ -138,3 +139,17 @@ def features(chunks, decodes) -> tuple[int, float, int, int]:
     """(N, Σ c(q + c/2), Σ ctx, |B|) of a composition."""
     return (sum(c for c, _ in chunks) + len(decodes), float(sum(c * (q + c / 2) for c, q in chunks)),
             int(sum(decodes)), len(chunks) + len(decodes))
+
+
+def feature_columns(chunks, decodes) -> dict:
+    """A step's columns in ``measurements.csv``, for grid and served rows alike: the regressors of ``features`` and
+    the counts they come from."""
+    n, work, sum_ctx, seqs = features(chunks, decodes)
+    return dict(num_tokens=n, num_prefill_tokens=n - len(decodes), num_chunks=len(chunks), num_decodes=len(decodes),
+                prefill_attn_work=work, sum_decode_ctx=sum_ctx, max_decode_ctx=max(decodes, default=0),
+                num_seqs=seqs)
+
+
+def kind_of(chunks, decodes) -> str:
+    """decode, prefill or mixed: whether a step has prefill chunks, decodes, or both."""
+    return "mixed" if chunks and decodes else ("prefill" if chunks else "decode")

@@ -79,7 +79,8 @@ from tqdm.auto import tqdm
 
 from runtime.core.errors import AccelgenError, ConfigError
 from runtime.core.run_log import atomic_write
-from runtime.live.compositions import HELDOUT, Composition, features, grid_compositions, heldout_compositions
+from runtime.live.compositions import (HELDOUT, Composition, feature_columns, grid_compositions,
+                                       heldout_compositions)
 from runtime.live.device import cpu_name
 from runtime.live.heap import frozen_heap
 from runtime.live.probe import STEADY_SPREAD_PCT, ProbeTrack
@@ -183,12 +184,9 @@ def measurement_frame(comps: list[Composition], stat: str) -> pd.DataFrame:
     """One row per timed composition: its features, the ``stat`` of its times (``time_s``) and every time."""
     rows = []
     for k, comp in enumerate(comps):
-        n, work, sum_ctx, seqs = features(comp.chunks, comp.decodes)
         times = np.asarray(comp.times)
-        rows.append(dict(id=k, kind=comp.kind, split=comp.split, composition=comp.label(), num_tokens=n,
-                         num_prefill_tokens=n - len(comp.decodes), num_chunks=len(comp.chunks),
-                         num_decodes=len(comp.decodes), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
-                         max_decode_ctx=max(comp.decodes, default=0), num_seqs=seqs,
+        rows.append(dict(id=k, kind=comp.kind, split=comp.split, composition=comp.label(),
+                         **feature_columns(comp.chunks, comp.decodes),
                          num_sampled=sum(comp.final) + len(comp.decodes), time_s=float(STATS[stat](times)),
                          median_s=float(np.median(times)), min_s=float(times.min()), max_s=float(times.max()),
                          times_s=" ".join(f"{x:.6g}" for x in times)))

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from runtime.core.errors import ConfigError
-from runtime.live.compositions import features
+from runtime.live.compositions import feature_columns, kind_of
 from runtime.live.heap import frozen_heap
 from runtime.sim.settle import steps_since_prefill
 
@@ -69,12 +69,8 @@ def serve_steps(cfg: DictConfig, opts: dict, cost_model: dict, progress: bool,
         for step, row in enumerate(recorder.rows):
             if row["swap_time"] or row["recompute_tokens"]:
                 continue  # swaps and recomputes have their own models (runtime.sim.transfer, CacheOPT)
-            n, work, sum_ctx, seqs = features(row["chunks"], row["decodes"])
-            kind = "mixed" if row["chunks"] and row["decodes"] else ("prefill" if row["chunks"] else "decode")
-            rows.append(dict(id=f"{scheduler}@{rate:g}#{step}", kind=kind, split="serve",
-                             composition=f"{scheduler} {rate:g} req/s step {step}", num_tokens=n,
-                             num_prefill_tokens=n - len(row["decodes"]), num_chunks=len(row["chunks"]),
-                             num_decodes=len(row["decodes"]), prefill_attn_work=work, sum_decode_ctx=sum_ctx,
-                             max_decode_ctx=max(row["decodes"], default=0), num_seqs=seqs, time_s=row["step_time"],
+            rows.append(dict(id=f"{scheduler}@{rate:g}#{step}", kind=kind_of(row["chunks"], row["decodes"]),
+                             split="serve", composition=f"{scheduler} {rate:g} req/s step {step}",
+                             **feature_columns(row["chunks"], row["decodes"]), time_s=row["step_time"],
                              since_prefill=int(since[step]), chunks=row["chunks"], decodes=row["decodes"]))
     return pd.DataFrame(rows)
